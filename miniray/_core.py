@@ -1,0 +1,412 @@
+"""A process's connection to its node: the client half of the runtime.
+
+Drivers and workers both talk to the node through one ``CoreClient``:
+
+    caller threads ── send (one lock) ──────────────►  node
+    reader thread  ◄── REPLY / EXECUTE / CANCEL ─────  node
+                   └─ REPLY -> the waiting caller (by request id)
+                   └─ EXECUTE etc. -> ``on_push`` (the worker's task queue)
+
+Requests carry an id; the caller blocks on a per-request lock that the
+reader thread releases.  Fire-and-forget messages (SUBMIT, PUT_INLINE, SEAL,
+REFS) need no reply: ids are made here, so a submit is one ``send``.
+
+Reference counting: ``ObjectRef`` instances count per process here; the node
+hears INCREF/DECREF only when a count crosses zero.  Those ops, and UNPINs
+from collected zero-copy views, queue in a deque that rides along with the
+next message (or is flushed by the reader thread within 0.2 s), so dropping
+refs costs no syscall.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import select
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+
+from . import _protocol as P
+from . import _serialization as ser
+from ._ids import set_ref_tracker
+from ._store.arena import Arena
+from ._transport import connect_client
+from .exceptions import (NodeDiedError, ObjectStoreFullError, RayTaskError, GetTimeoutError)
+
+M = P.Msg
+_encode = P.encode
+VALUE, ERROR = P.Kind.VALUE, P.Kind.ERROR
+INCREF, DECREF, UNPIN = 1, 2, 3
+
+
+class _Reply:
+    """A one-shot slot the reader thread fills and the caller waits on."""
+
+    __slots__ = ("lock", "ok", "payload")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.ok = None
+        self.payload = None
+
+    def __call__(self, ok, payload):
+        self.ok = ok
+        self.payload = payload
+        self.lock.release()
+
+
+class CoreClient:
+    def __init__(self, address: str, token: bytes, role: str, *, worker_id=None, info=None,
+                 on_push=None):
+        sock, welcome, fds, early, reader = connect_client(
+            address, token, (M.HELLO, role, os.getpid(), worker_id, info))
+        if not fds:
+            sock.close()
+            raise NodeDiedError("the node did not pass its object store to this process")
+        self.sock = sock
+        self.welcome = welcome
+        self.role = role
+        self.address = address
+        self.node_id = welcome["node_id"]
+        self.job_id = welcome["job_id"]
+        self.inline_threshold = welcome["inline_threshold"]
+        self.arena = Arena(fds[0], welcome["arena_size"])
+        for extra in fds[1:]:
+            os.close(extra)
+        self._send_lock = threading.Lock()
+        self._refs_lock = threading.RLock()
+        self._pending: dict = {}
+        self._dropped: dict = {}
+        self._rid = itertools.count(1)
+        self.local_refs: dict = {}
+        self._ops: deque = deque()
+        self.on_push = on_push
+        self.broken: BaseException | None = None
+        self.registered_fns: set = set()
+        self._serializers_sent = 0
+        if welcome.get("serializers"):
+            ser.apply_registry_snapshot(welcome["serializers"])
+            self._serializers_sent = ser.registry_version()
+        self._closing = False
+        self._reader = threading.Thread(target=self._read_loop, args=(reader, early),
+                                        name="miniray-reader", daemon=True)
+        self._reader.start()
+        set_ref_tracker(self)
+
+    # -- sending -----------------------------------------------------------------------
+    def send(self, msg) -> None:
+        frame = _encode(msg)
+        with self._send_lock:
+            if self.broken is not None:
+                raise self.broken
+            ops = self._ops
+            if ops:
+                frame = self._drain_ops() + frame
+            try:
+                self.sock.sendall(frame)
+            except OSError as exc:
+                raise self._mark_broken(exc) from None
+
+    def _drain_ops(self) -> bytes:
+        ops = self._ops
+        batch = []
+        pop = ops.popleft
+        while ops:
+            batch.append(pop())
+        return _encode((M.REFS, batch))
+
+    def flush_refs(self) -> None:
+        if not self._ops or self.broken is not None:
+            return
+        if self._send_lock.acquire(blocking=False):
+            try:
+                if self._ops:
+                    self.sock.sendall(self._drain_ops())
+            except OSError:
+                pass
+            finally:
+                self._send_lock.release()
+
+    def check_serializers(self) -> None:
+        """Ship custom serializer registrations before data that may use them."""
+        version = ser.registry_version()
+        if version != self._serializers_sent:
+            self._serializers_sent = version
+            self.send((M.SERIALIZERS, ser.registry_snapshot()))
+
+    def request(self, build, timeout=None):
+        """Send ``build(rid)`` and wait for the REPLY; returns (ok, payload).
+
+        On timeout returns None after telling the node to drop the request.
+        """
+        rid = next(self._rid)
+        slot = _Reply()
+        self._pending[rid] = slot
+        msg = build(rid)
+        try:
+            self.send(msg)
+            got = slot.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+        except BaseException:
+            self._abandon(rid, msg)
+            raise
+        if got:
+            return slot.ok, slot.payload
+        if self._pending.pop(rid, None) is None:
+            slot.lock.acquire()         # the reply is being delivered right now
+            return slot.ok, slot.payload
+        self._abandon(rid, msg)
+        return None
+
+    def _abandon(self, rid, msg) -> None:
+        if self._pending.pop(rid, None) is not None or rid not in self._dropped:
+            if msg[0] == M.GET:
+                self._dropped[rid] = msg[2]
+            try:
+                self.send((M.DROP_REQ, rid))
+            except BaseException:
+                pass
+
+    # -- the ref tracker (called from ObjectRef) -------------------------------------------
+    def add(self, oid) -> None:
+        with self._refs_lock:
+            c = self.local_refs.get(oid)
+            if c is None:
+                self.local_refs[oid] = 1
+                self._ops.append((INCREF, oid))
+            else:
+                self.local_refs[oid] = c + 1
+
+    def add_owned(self, oid) -> None:
+        with self._refs_lock:
+            self.local_refs[oid] = self.local_refs.get(oid, 0) + 1
+
+    def remove(self, oid) -> None:
+        with self._refs_lock:
+            c = self.local_refs.get(oid)
+            if c is None:
+                return
+            if c == 1:
+                del self.local_refs[oid]
+                self._ops.append((DECREF, oid))
+            else:
+                self.local_refs[oid] = c - 1
+
+    def _unpin(self, oid) -> None:
+        self._ops.append((UNPIN, oid))
+
+    def as_future(self, ref) -> Future:
+        fut = Future()
+        oids = [ref.id]
+
+        def resolve(ok, payload):
+            try:
+                if not ok:
+                    fut.set_exception(payload)
+                    return
+                kind, data = payload[0]
+                value = self.decode(ref.id, kind, data)
+                if kind == ERROR:
+                    fut.set_exception(as_raisable(value))
+                else:
+                    fut.set_result(value)
+            except BaseException as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+
+        rid = next(self._rid)
+        self._pending[rid] = resolve
+        try:
+            self.send((M.GET, rid, oids))
+        except BaseException as exc:
+            self._pending.pop(rid, None)
+            fut.set_exception(exc)
+        return fut
+
+    # -- objects -------------------------------------------------------------------------------
+    def decode(self, oid, kind, data):
+        if type(data) is bytes:
+            return ser.loads_from(data)
+        offset, size = data
+        view = self.arena.pinned_view(offset, size, self._unpin, oid)
+        try:
+            return ser.loads_from(view)
+        finally:
+            view.release()
+
+    def store(self, oid, sobj, kind=VALUE, hold=True):
+        """Put a serialized object under ``oid``.  Returns the inline bytes
+        when it went inline, else None."""
+        size = ser.encoded_size(sobj)
+        contained = sobj.contained_refs
+        if size <= self.inline_threshold:
+            data = ser.to_bytes(sobj)
+            self.send((M.PUT_INLINE, oid, kind, data, contained) if hold else
+                      (M.PUT_INLINE, oid, kind, data, contained))
+            return data
+        offset = self.allocate(oid, size)
+        view = self.arena.writable(offset, size)
+        try:
+            ser.write_to(sobj, view)
+        finally:
+            view.release()
+        self.send((M.SEAL, oid, kind, hold, contained))
+        return None
+
+    def allocate(self, oid, size) -> int:
+        delay = 0.01
+        deadline = time.monotonic() + 2.0
+        while True:
+            reply = self.request(lambda rid: (M.ALLOC, rid, oid, size))
+            ok, payload = reply
+            if ok:
+                return payload
+            # Frees may be on their way (refs dropped a moment ago in this or
+            # another process): give them a moment before giving up.
+            if time.monotonic() > deadline:
+                raise ObjectStoreFullError(str(payload))
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def get_payloads(self, oids, timeout=None) -> list:
+        reply = self.request(lambda rid: (M.GET, rid, oids), timeout)
+        if reply is None:
+            raise GetTimeoutError(
+                f"get timed out after {timeout} s waiting for {len(oids)} object(s); "
+                f"the tasks making them are still pending or running")
+        ok, payload = reply
+        if not ok:
+            raise payload
+        return payload
+
+    def get_values(self, oids, timeout=None) -> list:
+        payloads = self.get_payloads(oids, timeout)
+        values = []
+        error = None
+        for oid, (kind, data) in zip(oids, payloads):
+            value = self.decode(oid, kind, data)
+            if kind == ERROR and error is None:
+                error = value
+            values.append(value)
+        if error is not None:
+            raise as_raisable(error)
+        return values
+
+    def wait(self, oids, num_returns, timeout):
+        rid = next(self._rid)
+        slot = _Reply()
+        self._pending[rid] = slot
+        self.send((M.WAIT, rid, oids, num_returns))
+        try:
+            got = slot.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+            if not got:
+                self.send((M.WAIT_NOW, rid))
+                slot.lock.acquire()
+        except BaseException:
+            self._abandon(rid, (M.WAIT,))
+            raise
+        if not slot.ok:
+            raise slot.payload
+        return slot.payload
+
+    def query(self, what, arg=None):
+        ok, payload = self.request(lambda rid: (M.QUERY, rid, what, arg))
+        if not ok:
+            raise payload
+        return payload
+
+    def register_function(self, key, blob) -> None:
+        if key not in self.registered_fns:
+            self.send((M.REGISTER_FN, key, blob))
+            self.registered_fns.add(key)
+
+    # -- reading ---------------------------------------------------------------------------
+    def _read_loop(self, reader, early) -> None:
+        sock = self.sock
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        handle = self._handle
+        try:
+            for msg in early:
+                handle(msg)
+            while True:
+                if not poller.poll(200):
+                    if self._ops:
+                        self.flush_refs()
+                    continue
+                data = sock.recv(1 << 20)
+                if not data:
+                    break
+                for msg in reader.feed(data):
+                    handle(msg)
+        except OSError:
+            pass
+        except BaseException as exc:  # a bug here must not vanish silently
+            import traceback
+            traceback.print_exc()
+            self._mark_broken(exc)
+        self._mark_broken(None)
+
+    def _handle(self, msg) -> None:
+        if msg[0] == M.REPLY:
+            cb = self._pending.pop(msg[1], None)
+            if cb is not None:
+                cb(msg[2], msg[3])
+            else:
+                oids = self._dropped.pop(msg[1], None)
+                if oids and msg[2]:
+                    for oid, (kind, data) in zip(oids, msg[3]):
+                        if type(data) is not bytes:
+                            self._unpin(oid)
+            return
+        if msg[0] == M.SERIALIZERS:
+            ser.apply_registry_snapshot(msg[1])
+            self._serializers_sent = ser.registry_version()
+            return
+        if self.on_push is not None:
+            self.on_push(msg)
+
+    def _mark_broken(self, exc):
+        if self.broken is None:
+            if self._closing:
+                self.broken = NodeDiedError("miniray was shut down in this process")
+            else:
+                self.broken = NodeDiedError(
+                    "the connection to the miniray node was lost: the node daemon died or was "
+                    "killed. Everything it held is gone; call miniray.shutdown() and "
+                    "miniray.init() to start again." + (f" ({exc})" if exc else ""))
+        pending = self._pending
+        self._pending = {}
+        for cb in pending.values():
+            try:
+                cb(False, self.broken)
+            except Exception:
+                pass
+        if self.on_push is not None and not self._closing:
+            self.on_push((M.EXIT, "node connection lost"))
+        return self.broken
+
+    def close(self) -> None:
+        self._closing = True
+        set_ref_tracker(None)
+        try:
+            self.flush_refs()
+        except Exception:
+            pass
+        try:
+            self.sock.shutdown(2)
+        except OSError:
+            pass
+        self._reader.join(timeout=2)
+        self.sock.close()
+        self.arena.close()
+
+
+def as_raisable(err):
+    """The exception to raise for a stored error value."""
+    if isinstance(err, RayTaskError):
+        return err.as_instanceof_cause()
+    if isinstance(err, BaseException):
+        return err
+    return RayTaskError("<unknown>", repr(err))

@@ -1,0 +1,344 @@
+"""Task lifecycle inside the node daemon.
+
+    SUBMIT -> waiting for args -> ready (queued by resource shape)
+           -> dispatched to an idle worker (EXECUTE) -> TASK_DONE -> results sealed
+    worker died -> retried (max_retries) or failed with WorkerCrashedError
+    CANCEL -> removed from its queue, or interrupted / killed while running
+
+A task pins its argument objects (top-level deps, the arena-stored args,
+refs nested in args) from SUBMIT until it is finished for good, so none of
+them can be freed under it, retries included.  Runs only on the node's loop
+thread; the node object does the I/O.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+from . import _protocol as P
+from . import _task_spec as S
+from ._object_table import READY
+from ._scheduler import format_resources
+from ._serialization import dumps
+from .exceptions import (TaskCancelledError, TaskUnschedulableError, WorkerCrashedError,
+                         ObjectLostError)
+
+M = P.Msg
+ERROR = P.Kind.ERROR
+
+
+class Task:
+    __slots__ = ("spec", "tid", "returns", "shape", "deps_left", "worker", "retries_left",
+                 "submitter", "state", "actor", "cancelled", "cpu", "lent")
+
+    def __init__(self, spec, submitter, actor=None):
+        self.spec = spec
+        self.tid = spec[S.TASK_ID]
+        n = spec[S.NUM_RETURNS]
+        tid = self.tid
+        self.returns = [tid + i.to_bytes(2, "little") for i in range(n)]
+        self.shape = spec[S.RESOURCES]
+        self.deps_left = 0
+        self.worker = None
+        self.retries_left = spec[S.MAX_RETRIES]
+        self.submitter = submitter
+        self.state = "waiting"
+        self.actor = actor
+        self.cancelled = False
+        self.cpu = 0.0
+        for k, v in self.shape:
+            if k == "CPU":
+                self.cpu = v
+        self.lent = False
+
+    def on_ready(self, node, entry):
+        if self.state != "waiting":
+            return
+        self.deps_left -= 1
+        if self.deps_left == 0:
+            node.tasks.deps_ready(self)
+
+
+class TaskManager:
+    def __init__(self, node):
+        self.node = node
+        self.tasks: dict[bytes, Task] = {}
+
+    # -- submission -------------------------------------------------------------------
+    def on_submit(self, conn, msg) -> None:
+        t = self.create(msg[1], conn)
+        self.start(t)
+
+    def create(self, spec, conn, actor=None) -> Task:
+        t = Task(spec, conn, actor)
+        self.tasks[t.tid] = t
+        table = self.node.table
+        held = conn.held
+        for oid in t.returns:
+            e = table.get_or_create(oid)
+            e.task = t
+            if oid not in held:
+                held.add(oid)
+                e.holders += 1
+        for oid in self._pinned(spec):
+            table.get_or_create(oid).pins += 1
+        return t
+
+    @staticmethod
+    def _pinned(spec):
+        pins = list(spec[S.DEPS])
+        if spec[S.ARGS_OID] is not None:
+            pins.append(spec[S.ARGS_OID])
+        if spec[S.PINS]:
+            pins.extend(spec[S.PINS])
+        return pins
+
+    def start(self, t: Task) -> None:
+        """Wait for the task's top-level args, then make it ready."""
+        entries = self.node.table.entries
+        left = 0
+        deps = list(t.spec[S.DEPS])
+        if t.spec[S.ARGS_OID] is not None:
+            deps.append(t.spec[S.ARGS_OID])
+        for oid in deps:
+            e = entries[oid]
+            if e.state != READY:
+                left += 1
+                if e.waiters is None:
+                    e.waiters = [t]
+                else:
+                    e.waiters.append(t)
+        t.deps_left = left
+        if left == 0:
+            self.deps_ready(t)
+
+    def deps_ready(self, t: Task) -> None:
+        t.state = "ready"
+        if t.actor is not None:
+            self.node.actors.pump(t.actor)
+            return
+        node = self.node
+        if not node.resources.fits_ever(t.shape):
+            missing = node.resources.missing(t.shape)
+            self.fail(t, TaskUnschedulableError(
+                f"task '{t.spec[S.NAME]}' asks for {format_resources(t.shape)} but this node "
+                f"has only {format_resources(node.resources.total)}: it can never run "
+                f"(missing {format_resources(missing)}). Lower the request in "
+                f"@remote(...)/.options(...), or start the node with more resources "
+                f"(init(num_cpus=..., resources={{...}}))."))
+            return
+        node.ready.push(t.shape, t)
+        node.schedule_needed = True
+
+    def dep_error(self, t: Task):
+        """The payload of the first failed top-level arg, if any."""
+        entries = self.node.table.entries
+        for oid in t.spec[S.DEPS]:
+            e = entries.get(oid)
+            if e is not None and e.kind == ERROR:
+                return e.inline
+        return None
+
+    # -- dispatch -----------------------------------------------------------------------
+    def schedule(self) -> None:
+        node = self.node
+        ready, res, idle = node.ready, node.resources, node.idle
+        if ready.count:
+            for shape in ready.shapes():
+                while True:
+                    t = ready.peek(shape)
+                    if t is None or not res.fits_now(shape):
+                        break
+                    if not idle:
+                        self._grow_pool()
+                        break
+                    ready.pop(shape)
+                    err = self.dep_error(t)
+                    if err is not None:
+                        self.seal_all(t, err)
+                        self.forget(t)
+                        continue
+                    res.acquire(shape)
+                    self.dispatch(t, idle.pop())
+        node.actors.schedule()
+
+    def _grow_pool(self) -> None:
+        node = self.node
+        blocked = sum(1 for w in node.workers.values() if w.blocked)
+        cap = max(4, 2 * node.pool_size) + blocked
+        want = min(node.ready.count, cap - node.pool_count())
+        want -= node.starting
+        for _ in range(max(0, min(want, 4))):
+            node.spawn_worker()
+
+    def dispatch(self, t: Task, w) -> None:
+        node = self.node
+        conn = w.conn
+        spec = t.spec
+        key = spec[S.FN_KEY]
+        blob = None
+        if key not in w.fn_keys:
+            blob = node.functions.get(key)
+            if blob is None:
+                self.fail(t, ObjectLostError(
+                    f"the code of '{spec[S.NAME]}' was never registered with the node"))
+                return
+            w.fn_keys.add(key)
+        entries = node.table.entries
+        payload_for = node.payload_for
+        deps = [payload_for(conn, entries[d]) for d in spec[S.DEPS]]
+        aoid = spec[S.ARGS_OID]
+        args = spec[S.ARGS] if aoid is None else payload_for(conn, entries[aoid])
+        t.state = "running"
+        t.worker = w
+        if t.actor is None:
+            w.task = t
+            w.state = "busy"
+        conn.send((M.EXECUTE, spec, blob, deps, args))
+
+    # -- completion -------------------------------------------------------------------
+    def on_task_done(self, conn, msg) -> None:
+        _, tid, results, retryable = msg
+        t = self.tasks.get(tid)
+        w = conn.worker
+        if t is None:
+            return
+        if t.actor is not None and t.spec[S.METHOD] == "__init__":
+            # The constructor's outcome: results == [(None, kind, data, ())].
+            _, kind, data, _ = results[0]
+            self.forget(t)
+            t.actor.inflight.pop(tid, None)
+            self.node.actors.on_ready(t.actor, data if kind == ERROR else None)
+            return
+        if t.actor is None and w is not None and w.task is t:
+            self._release_worker(w, t)
+            if retryable and t.retries_left > 0 and not t.cancelled:
+                t.retries_left -= 1
+                t.state = "ready"
+                t.worker = None
+                self.node.ready.push_front(t.shape, t)
+                self.node.schedule_needed = True
+                return
+        self.seal_results(t, results, conn)
+        if t.actor is not None:
+            self.node.actors.call_done(t)
+        self.forget(t)
+
+    def _release_worker(self, w, t) -> None:
+        node = self.node
+        node.resources.release(t.shape)
+        if t.lent:
+            node.resources.available["CPU"] -= t.cpu
+            t.lent = False
+        w.task = None
+        t.worker = None
+        if w.state != "dead":
+            w.state = "idle"
+            node.idle.append(w)
+        node.schedule_needed = True
+
+    def seal_results(self, t: Task, results, conn) -> None:
+        node = self.node
+        table = node.table
+        for oid, kind, data, contained in results:
+            e = table.get_or_create(oid)
+            if data is None:
+                conn.unsealed.discard(oid)
+                if e.offset < 0:
+                    continue
+            elif e.offset >= 0 and e.state != READY:
+                table.drop_unsealed(oid)
+                e = table.get_or_create(oid)
+            e.task = None
+            node.notify(e, table.seal(e, kind, data, contained))
+            node.release_entry(e)
+
+    def seal_all(self, t: Task, error_payload: bytes) -> None:
+        node = self.node
+        table = node.table
+        for oid in t.returns:
+            e = table.get_or_create(oid)
+            if e.state == READY:
+                continue
+            if e.offset >= 0:
+                table.drop_unsealed(oid)
+                e = table.get_or_create(oid)
+            e.task = None
+            node.notify(e, table.seal(e, ERROR, error_payload, ()))
+            node.release_entry(e)
+
+    def fail(self, t: Task, exc: BaseException) -> None:
+        self.seal_all(t, dumps(exc))
+        if t.actor is not None:
+            self.node.actors.call_done(t)
+        self.forget(t)
+
+    def forget(self, t: Task) -> None:
+        """The task is finished for good: unpin its args."""
+        if self.tasks.pop(t.tid, None) is None:
+            return
+        t.state = "done"
+        node = self.node
+        entries = node.table.entries
+        for oid in self._pinned(t.spec):
+            e = entries.get(oid)
+            if e is not None:
+                e.pins -= 1
+                node.release_entry(e)
+
+    # -- faults and cancellation ------------------------------------------------------------
+    def worker_died(self, w) -> None:
+        t = w.task
+        self._release_worker(w, t)
+        name = t.spec[S.NAME]
+        if t.cancelled:
+            self.fail(t, TaskCancelledError(t.tid.hex()))
+            return
+        if t.retries_left > 0:
+            t.retries_left -= 1
+            t.state = "ready"
+            self.node.ready.push_front(t.shape, t)
+            return
+        retries = t.spec[S.MAX_RETRIES]
+        self.fail(t, WorkerCrashedError(
+            f"the worker running task '{name}' (pid={w.pid}) {w.exit_desc} while running it"
+            f"{f', and all {retries} retries failed the same way' if retries else ''}. "
+            f"A crash like this comes from the task itself (os._exit, a segfault in native "
+            f"code, running out of memory): check the task, or raise max_retries."))
+
+    def worker_blocked(self, w) -> None:
+        t = w.task
+        if t is not None and t.cpu and not t.lent:
+            t.lent = True
+            self.node.resources.available["CPU"] += t.cpu
+            self.node.schedule_needed = True
+
+    def worker_unblocked(self, w) -> None:
+        t = w.task
+        if t is not None and t.lent:
+            t.lent = False
+            self.node.resources.available["CPU"] -= t.cpu
+
+    def on_cancel(self, conn, msg) -> None:
+        _, oid, force = msg
+        t = self.tasks.get(oid[:14])
+        if t is None or t.cancelled:
+            return
+        if t.actor is not None:
+            self.node.actors.cancel(t, force)
+            return
+        t.cancelled = True
+        if t.state == "running" and t.worker is not None:
+            w = t.worker
+            if force:
+                try:
+                    os.kill(w.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            elif w.conn is not None:
+                w.conn.send((M.CANCEL_TASK, t.tid))
+            return
+        if t.state == "ready":
+            self.node.ready.remove(t.shape, t)
+        t.state = "cancelled"
+        self.fail(t, TaskCancelledError(t.tid.hex()))

@@ -1,0 +1,147 @@
+"""The node's object table: states, locations and lifetimes.  No I/O.
+
+An entry lives while anything can reach its object:
+
+* ``holders``  processes holding at least one ObjectRef to it (each counted
+               once; a process says INCREF/DECREF when its local count
+               crosses zero);
+* ``pins``     everything else that needs the bytes: pending tasks that take
+               it as an argument, objects that contain a ref to it, and
+               zero-copy views handed to a process (GET/EXECUTE replies).
+
+When both reach zero the entry is dropped, its arena range goes back to the
+allocator and the refs it contained are unpinned (which may free more).
+
+States: PENDING (a task will make it) -> CREATING (an arena range is being
+written) -> READY.  Waiters (GET/WAIT requests, tasks waiting on arguments)
+are told when an entry becomes READY.
+"""
+from __future__ import annotations
+
+from .exceptions import ObjectStoreFullError
+from ._store.allocator import Allocator
+
+__all__ = ["ObjectTable", "Entry", "PENDING", "CREATING", "READY"]
+
+PENDING, CREATING, READY = 0, 1, 2
+
+
+class Entry:
+    __slots__ = ("oid", "state", "kind", "inline", "offset", "size", "holders",
+                 "pins", "contained", "waiters", "task")
+
+    def __init__(self, oid):
+        self.oid = oid
+        self.state = PENDING
+        self.kind = 0
+        self.inline = None
+        self.offset = -1
+        self.size = 0
+        self.holders = 0
+        self.pins = 0
+        self.contained = ()
+        self.waiters = None
+        self.task = None
+
+    def payload(self):
+        """What a reader needs: (kind, bytes) or (kind, (offset, size))."""
+        if self.inline is not None:
+            return (self.kind, self.inline)
+        return (self.kind, (self.offset, self.size))
+
+
+class ObjectTable:
+    def __init__(self, capacity: int):
+        self.entries: dict[bytes, Entry] = {}
+        self.alloc = Allocator(capacity)
+        self.inline_bytes = 0
+
+    # -- creation -----------------------------------------------------------
+    def get_or_create(self, oid) -> Entry:
+        e = self.entries.get(oid)
+        if e is None:
+            e = self.entries[oid] = Entry(oid)
+        return e
+
+    def allocate(self, oid, size) -> Entry:
+        """Reserve an arena range for ``oid``; raises ObjectStoreFullError."""
+        offset = self.alloc.allocate(size)
+        if offset is None:
+            raise ObjectStoreFullError(self.full_message(size))
+        e = self.get_or_create(oid)
+        if e.offset >= 0 and e.state != READY:
+            # A retried task writes its result again: drop the old range.
+            self.alloc.free(e.offset)
+        e.offset, e.size, e.state = offset, size, CREATING
+        return e
+
+    def full_message(self, size) -> str:
+        a = self.alloc
+        live = sum(1 for e in self.entries.values() if e.offset >= 0)
+        return (f"the object store cannot hold an object of {size / 2**20:.1f} MiB: "
+                f"{a.used / 2**20:.1f} MiB of {a.capacity / 2**20:.1f} MiB are in use by {live} "
+                f"objects that are still referenced (largest free range "
+                f"{a.largest_hole() / 2**20:.1f} MiB). Drop ObjectRefs and numpy views you no "
+                f"longer need (del ref), pass smaller objects, or start with a larger "
+                f"object_store_memory.")
+
+    def seal(self, e: Entry, kind, inline, contained) -> list:
+        """Mark READY; returns the waiters to notify."""
+        e.kind = kind
+        if inline is not None:
+            e.inline = inline
+            self.inline_bytes += len(inline)
+        e.state = READY
+        if contained:
+            e.contained = contained
+            entries = self.entries
+            for c in contained:
+                ce = entries.get(c)
+                if ce is None:
+                    ce = entries[c] = Entry(c)
+                ce.pins += 1
+        waiters = e.waiters
+        e.waiters = None
+        return waiters or ()
+
+    # -- lifetime -------------------------------------------------------------
+    def release_if_unused(self, e: Entry) -> None:
+        if e.holders > 0 or e.pins > 0 or e.state != READY:
+            return
+        if e.waiters:
+            return
+        stack = [e]
+        entries = self.entries
+        while stack:
+            e = stack.pop()
+            if entries.get(e.oid) is not e:
+                continue
+            del entries[e.oid]
+            if e.inline is not None:
+                self.inline_bytes -= len(e.inline)
+                e.inline = None
+            if e.offset >= 0:
+                self.alloc.free(e.offset)
+                e.offset = -1
+            for c in e.contained:
+                ce = entries.get(c)
+                if ce is not None:
+                    ce.pins -= 1
+                    if ce.pins <= 0 and ce.holders <= 0 and ce.state == READY and not ce.waiters:
+                        stack.append(ce)
+            e.contained = ()
+
+    def drop_unsealed(self, oid) -> None:
+        """The writer died before sealing: return the range."""
+        e = self.entries.get(oid)
+        if e is not None and e.state == CREATING:
+            self.alloc.free(e.offset)
+            e.offset, e.size, e.state = -1, 0, PENDING
+            if e.holders <= 0 and e.pins <= 0 and e.task is None:
+                del self.entries[oid]
+
+    def stats(self) -> dict:
+        a = self.alloc
+        return {"objects": len(self.entries), "arena_used": a.used,
+                "arena_capacity": a.capacity, "arena_objects": a.num_allocated(),
+                "inline_bytes": self.inline_bytes}

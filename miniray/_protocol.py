@@ -1,0 +1,146 @@
+"""Typed messages and their framing.  No sockets here.
+
+A frame is a 4-byte little-endian length, then a pickle (protocol 5) of a
+tuple whose first item is a :class:`Msg` tag (sent as a plain int: an enum
+member would pickle by reference and cost a lookup on every load).  Several
+frames go out in one ``send`` when a sender has them queued; a reader parses
+every complete frame it has in one pass.  Pickle is only ever read *after*
+the connection has authenticated (see ``_transport``).
+
+Message fields, by tag (``oid`` = 16-byte object id, ``rid`` = request id):
+
+client -> node
+  SUBMIT        spec: TaskSpec tuple (see ``_task_spec``)
+  PUT_INLINE    oid, kind, data: bytes, contained: list[oid]
+  ALLOC         rid, oid, size                    -> REPLY offset | ObjectStoreFullError text
+  SEAL          oid, kind, size, contained        (after writing an ALLOC'd range)
+  GET           rid, oids                         -> REPLY [(kind, data | (offset, size))]
+  WAIT          rid, oids, num_returns            -> REPLY sorted ready positions
+  WAIT_NOW      rid, wait_rid                     finish a WAIT now with what is ready
+  DROP_REQ      rid                               the caller stopped waiting
+  REFS          ops: list[(RefOp, oid)]
+  REGISTER_FN   key, blob
+  SERIALIZERS   blob                              custom serializer registry snapshot
+  TASK_DONE     task_id, results: list[(oid, kind, data | (offset, size) | None, contained)]
+  CANCEL        oid, force
+  QUERY         rid, what: Query, arg             -> REPLY (cluster/actor queries)
+  ACTOR_CREATE  spec
+  ACTOR_CALL    spec
+  ACTOR_KILL    actor_id, no_restart
+  ACTOR_READY   actor_id, error_or_None           (actor worker -> node after __init__)
+  SHUTDOWN
+
+node -> client
+  WELCOME       info dict (+ the arena fd by SCM_RIGHTS)
+  REPLY         rid, ok: bool, payload
+  EXECUTE       spec, fn_blob | None, deps: list[(kind, data | (offset, size))]
+  CANCEL_TASK   task_id
+  SERIALIZERS   blob
+  EXIT          reason                            (to a worker: exit now)
+"""
+from __future__ import annotations
+
+import enum
+import pickle
+import struct
+
+__all__ = ["Msg", "RefOp", "Kind", "Query", "encode", "FrameReader", "HEADER"]
+
+HEADER = struct.Struct("<I")
+_pack_len = HEADER.pack
+_dumps = pickle.dumps
+_loads = pickle.loads
+MAX_FRAME = 1 << 31
+
+
+class Msg(enum.IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    SUBMIT = 3
+    PUT_INLINE = 4
+    ALLOC = 5
+    SEAL = 6
+    GET = 7
+    WAIT = 8
+    WAIT_NOW = 9
+    DROP_REQ = 10
+    REFS = 11
+    REGISTER_FN = 12
+    SERIALIZERS = 13
+    TASK_DONE = 14
+    CANCEL = 15
+    QUERY = 16
+    ACTOR_CREATE = 17
+    ACTOR_CALL = 18
+    ACTOR_KILL = 19
+    ACTOR_READY = 20
+    SHUTDOWN = 21
+    REPLY = 22
+    EXECUTE = 23
+    CANCEL_TASK = 24
+    EXIT = 25
+    BLOCKED = 26
+    UNBLOCKED = 27
+
+
+class RefOp(enum.IntEnum):
+    INCREF = 1   # this process now holds a ref to the object
+    DECREF = 2   # this process holds no ref any more
+    UNPIN = 3    # a zero-copy view handed out by GET/EXECUTE is gone
+
+
+class Kind(enum.IntEnum):
+    VALUE = 0        # serialized value
+    ERROR = 1        # serialized exception to raise on get
+    ACTOR_HANDLE = 2  # reserved
+
+
+class Query(enum.IntEnum):
+    CLUSTER_RESOURCES = 1
+    AVAILABLE_RESOURCES = 2
+    NODES = 3
+    GET_ACTOR = 4
+    LIST_NAMED_ACTORS = 5
+    STATS = 6
+    OBJECT_INFO = 7
+
+
+def encode(msg: tuple) -> bytes:
+    """One frame: length prefix + pickled tuple."""
+    body = _dumps(msg, 5)
+    return _pack_len(len(body)) + body
+
+
+class FrameReader:
+    """Accumulates received bytes and yields complete messages."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def feed(self, data) -> list:
+        buf = self._buf
+        buf += data
+        msgs = []
+        pos = 0
+        n = len(buf)
+        mv = memoryview(buf)
+        try:
+            while n - pos >= 4:
+                (length,) = HEADER.unpack_from(buf, pos)
+                if length > MAX_FRAME:
+                    raise ValueError(f"frame of {length} bytes is too large: the peer is not speaking miniray")
+                end = pos + 4 + length
+                if end > n:
+                    break
+                msgs.append(_loads(mv[pos + 4:end]))
+                pos = end
+        finally:
+            mv.release()
+        if pos:
+            del buf[:pos]
+        return msgs
+
+    def pending_bytes(self) -> int:
+        return len(self._buf)

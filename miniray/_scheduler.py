@@ -1,0 +1,104 @@
+"""Resource accounting and the ready queues: pure state, no I/O.
+
+The node daemon asks two questions of this module on every scheduling pass:
+which ready task can run now (its resources fit what is free), and can this
+request ever run here (it fits the node's total).  Ready tasks are queued
+per *resource shape*, so a task that waits for 2 CPUs does not block the
+1-CPU tasks queued behind it, and one check decides a whole queue.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["ResourcePool", "ReadyQueues", "shape_of", "format_resources"]
+
+_EPS = 1e-9
+
+
+def shape_of(resources: dict) -> tuple:
+    """Hashable, canonical form of a resource request."""
+    return tuple(sorted((k, float(v)) for k, v in resources.items() if v))
+
+
+def format_resources(resources) -> str:
+    items = resources.items() if isinstance(resources, dict) else resources
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in items) + "}"
+
+
+class ResourcePool:
+    def __init__(self, total: dict):
+        self.total = {k: float(v) for k, v in total.items()}
+        self.available = dict(self.total)
+
+    def fits_ever(self, shape: tuple) -> bool:
+        total = self.total
+        return all(total.get(k, 0.0) + _EPS >= v for k, v in shape)
+
+    def missing(self, shape: tuple) -> dict:
+        """What the node lacks, forever, for this request."""
+        return {k: v for k, v in shape if self.total.get(k, 0.0) + _EPS < v}
+
+    def fits_now(self, shape: tuple) -> bool:
+        avail = self.available
+        return all(avail.get(k, 0.0) + _EPS >= v for k, v in shape)
+
+    def acquire(self, shape: tuple) -> None:
+        avail = self.available
+        for k, v in shape:
+            avail[k] = avail.get(k, 0.0) - v
+
+    def release(self, shape: tuple) -> None:
+        avail = self.available
+        for k, v in shape:
+            avail[k] = avail.get(k, 0.0) + v
+
+    def snapshot_available(self) -> dict:
+        return {k: max(0.0, round(v, 9)) for k, v in self.available.items()}
+
+
+class ReadyQueues:
+    """FIFO queues of ready items, one per resource shape."""
+
+    def __init__(self):
+        self._queues: dict[tuple, deque] = {}
+        self.count = 0
+
+    def push(self, shape: tuple, item) -> None:
+        q = self._queues.get(shape)
+        if q is None:
+            q = self._queues[shape] = deque()
+        q.append(item)
+        self.count += 1
+
+    def push_front(self, shape: tuple, item) -> None:
+        q = self._queues.get(shape)
+        if q is None:
+            q = self._queues[shape] = deque()
+        q.appendleft(item)
+        self.count += 1
+
+    def remove(self, shape: tuple, item) -> bool:
+        q = self._queues.get(shape)
+        if q is None:
+            return False
+        try:
+            q.remove(item)
+        except ValueError:
+            return False
+        self.count -= 1
+        return True
+
+    def shapes(self):
+        return [s for s, q in self._queues.items() if q]
+
+    def pop(self, shape: tuple):
+        q = self._queues[shape]
+        self.count -= 1
+        return q.popleft()
+
+    def peek(self, shape: tuple):
+        q = self._queues.get(shape)
+        return q[0] if q else None
+
+    def __len__(self):
+        return self.count
