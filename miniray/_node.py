@@ -716,6 +716,10 @@ class Node:
             if conn.role == "worker":
                 conn.send((M.EXIT, "node shutting down"))
         self._flush()
+        for w in self.workers.values():
+            if w.conn is None and w.proc.poll() is None:
+                # Still starting up: it holds nothing, so it need not exit cleanly.
+                w.proc.kill()
         deadline = time.monotonic() + 1.0
         for w in list(self.workers.values()):
             try:

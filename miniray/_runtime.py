@@ -75,7 +75,7 @@ def start_node(num_cpus, resources, object_store_memory, *, num_gpus=None,
     session = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
     token = os.urandom(32)
     address = address or f"unix:@miniray-{session}"
-    sys_path = [p for p in (_script_dir(), os.getcwd()) if p]
+    sys_path = driver_sys_path()
     config = {
         "session": session, "node_id": os.urandom(14).hex(), "address": address,
         "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or {},
@@ -88,8 +88,8 @@ def start_node(num_cpus, resources, object_store_memory, *, num_gpus=None,
     env = dict(os.environ)
     env["MINIRAY_TOKEN"] = token.hex()
     # Workers import the driver's modules as the driver does.
-    env["PYTHONPATH"] = os.pathsep.join(sys_path + [p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join([p for p in (_script_dir(), os.getcwd()) if p] + [
+        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     if env_extra:
         env.update(env_extra)
     proc = subprocess.Popen([sys.executable, "-m", "miniray._node", json.dumps(config)],
@@ -122,6 +122,12 @@ def start_node(num_cpus, resources, object_store_memory, *, num_gpus=None,
     return address, token, proc, session
 
 
+def driver_sys_path() -> list:
+    """The driver's import path, for workers to import user code the same way
+    (a test runner or notebook may have added entries at run time)."""
+    return [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+
+
 def _script_dir():
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
@@ -136,7 +142,7 @@ def set_current(rt) -> None:
 
 
 def connect_driver(address, token, *, node_proc=None, namespace=None, session=None) -> Runtime:
-    info = {"sys_path": [p for p in (_script_dir(), os.getcwd()) if p]}
+    info = {"sys_path": driver_sys_path()}
     client = CoreClient(address, token, "driver", info=info)
     rt = Runtime(client, "driver", node_proc=node_proc, namespace=namespace, session=session)
     set_current(rt)
@@ -148,9 +154,8 @@ def connect_worker(worker_state, on_push) -> Runtime:
     token = bytes.fromhex(os.environ.pop("MINIRAY_TOKEN"))
     wid = int(os.environ.pop("MINIRAY_WORKER_ID"))
     client = CoreClient(address, token, "worker", worker_id=wid, on_push=on_push)
-    for p in reversed(client.welcome.get("sys_path") or []):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+    missing = [p for p in client.welcome.get("sys_path") or [] if p not in sys.path]
+    sys.path[0:0] = missing
     rt = Runtime(client, "worker", worker_state=worker_state)
     set_current(rt)
     return rt

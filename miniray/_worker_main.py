@@ -134,7 +134,7 @@ class Worker:
             if msg[0] == M.EXECUTE:
                 _, spec, blob, deps, args = msg
                 if blob is not None:
-                    self.state.functions[spec[S.FN_KEY]] = ser.loads_from(blob)
+                    self.state.functions[spec[S.FN_KEY]] = _LazyFunction(blob)
                 if spec[S.ACTOR_ID] is not None and spec[S.METHOD] != "__init__":
                     self.dispatch_actor_call(spec, deps, args)
                 else:
@@ -210,11 +210,19 @@ class Worker:
     def target(self, spec):
         if spec[S.ACTOR_ID] is not None:
             return getattr(self.state.instance, spec[S.METHOD])
-        return self.state.functions[spec[S.FN_KEY]]
+        return self.function(spec[S.FN_KEY])
+
+    def function(self, key):
+        """The registered function or class; loaded on first use, so a load
+        error fails the task that needs it, not the worker."""
+        fn = self.state.functions[key]
+        if type(fn) is _LazyFunction:
+            fn = self.state.functions[key] = ser.loads_from(fn.blob)
+        return fn
 
     def construct_actor(self, spec, args, kwargs):
         st = self.state
-        cls = st.functions[spec[S.FN_KEY]]
+        cls = self.function(spec[S.FN_KEY])
         st.actor_id = spec[S.ACTOR_ID]
         st.actor_name = spec[S.NAME]
         extra = spec[S.EXTRA] or {}
@@ -340,6 +348,13 @@ class Worker:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
 
+class _LazyFunction:
+    __slots__ = ("blob",)
+
+    def __init__(self, blob):
+        self.blob = blob
+
+
 def _is_coroutine(value):
     import inspect
     return inspect.iscoroutine(value)
@@ -359,14 +374,13 @@ def _task_error(name, exc):
         # An error from a nested get keeps its original cause.
         return exc
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    err = RayTaskError(name, tb, exc, pid=os.getpid())
     try:
-        ser.dumps(exc)
-        cause = exc
+        # The driver must be able to rebuild it: check the round trip here,
+        # where a failure can still fall back to the text.
+        ser.loads_from(ser.dumps(err))
     except Exception:
-        cause = None
-    err = RayTaskError(name, tb, cause, pid=os.getpid(), cause_cls=type(exc) if cause is not None
-                       else None)
-    err.__traceback__ = None
+        err = RayTaskError(name, tb, None, pid=os.getpid())
     return err
 
 

@@ -141,11 +141,31 @@ class RayTaskError(RayError):
 
     def __reduce__(self):
         return (_rebuild_task_error, (self.function_name, self.traceback_str,
-                                      self.cause, self.pid, self._cause_cls))
+                                      _pack_exception(self.cause), self.pid, self._cause_cls))
+
+
+def _pack_exception(exc):
+    """An exception as (class, args, attributes): rebuilt without calling
+    its ``__init__``, whose signature often differs from ``args``."""
+    if exc is None:
+        return None
+    state = getattr(exc, "__dict__", None)
+    return (type(exc), exc.args, dict(state) if state else None)
+
+
+def _unpack_exception(packed):
+    if packed is None:
+        return None
+    cls, args, state = packed
+    exc = cls.__new__(cls)
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    return exc
 
 
 def _rebuild_task_error(function_name, traceback_str, cause, pid, cause_cls):
-    return RayTaskError(function_name, traceback_str, cause, pid=pid,
+    return RayTaskError(function_name, traceback_str, _unpack_exception(cause), pid=pid,
                         cause_cls=cause_cls)
 
 

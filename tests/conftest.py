@@ -1,0 +1,152 @@
+"""Shared fixtures.
+
+Every fixture that starts a runtime checks, after shutdown, that the node
+daemon and every worker it started are gone and that no miniray file is left
+in /dev/shm.  Tests use the real runtime: real processes, shared memory and
+sockets.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+
+import psutil
+import pytest
+
+import miniray
+from miniray._protocol import Query
+
+SHM_GLOB = "/dev/shm/miniray-*"
+
+
+def runtime_pids() -> set:
+    """Pids of the node daemon and all its workers (alive now)."""
+    rt = miniray._runtime.current()
+    pids = set(rt.client.query(Query.STATS)["worker_pids"])
+    if rt.node_proc is not None:
+        pids.add(rt.node_proc.pid)
+    try:
+        pids.update(p.pid for p in psutil.Process(rt.node_proc.pid).children(recursive=True))
+    except (psutil.Error, AttributeError):
+        pass
+    return pids
+
+
+def wait_gone(pids, timeout=10.0) -> set:
+    """Pids among ``pids`` still alive (not zombies) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    alive.discard(pid)
+            except psutil.NoSuchProcess:
+                alive.discard(pid)
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
+def assert_clean(pids) -> None:
+    left = wait_gone(pids)
+    assert not left, f"processes left behind after shutdown: {sorted(left)}"
+    files = glob.glob(SHM_GLOB)
+    assert not files, f"shared-memory files left behind: {files}"
+    kids = [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+    assert not kids, f"child processes left behind: {[(p.pid, p.cmdline()) for p in kids]}"
+
+
+class Runtime:
+    """Starts a runtime; ``stop`` shuts it down and asserts nothing leaked."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("num_cpus", 2)
+        kwargs.setdefault("object_store_memory", 512 * 2**20)
+        self.context = miniray.init(**kwargs)
+        self.pids = set()
+
+    def track(self):
+        if miniray.is_initialized():
+            self.pids |= runtime_pids()
+
+    def stop(self):
+        self.track()
+        miniray.shutdown()
+        assert_clean(self.pids)
+
+
+_shared = None
+
+
+def _stop_shared():
+    global _shared
+    if _shared is not None:
+        rt, _shared = _shared, None
+        rt.stop()
+
+
+@pytest.fixture
+def ray_start():
+    """A fresh 2-CPU runtime for one test."""
+    _stop_shared()
+    rt = Runtime()
+    yield miniray
+    rt.stop()
+
+
+@pytest.fixture
+def ray_factory():
+    """Start a runtime with custom init arguments: ``ray_factory(num_cpus=1)``."""
+    _stop_shared()
+    started = []
+
+    def start(**kwargs):
+        rt = Runtime(**kwargs)
+        started.append(rt)
+        return miniray
+    yield start
+    for rt in started:
+        rt.stop()
+
+
+@pytest.fixture
+def ray_shared():
+    """A 2-CPU runtime reused by consecutive tests of a module (for tests
+    that leave no state behind); stopped and checked at module end."""
+    global _shared
+    if _shared is None or not miniray.is_initialized():
+        _shared = Runtime()
+    yield miniray
+    _shared.track()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_shared_at_module_end():
+    yield
+    _stop_shared()
+
+
+@pytest.fixture(autouse=True)
+def _no_runtime_leaks_between_tests(request):
+    yield
+    if "ray_shared" in request.fixturenames:
+        return
+    if miniray.is_initialized():
+        pids = runtime_pids()
+        miniray.shutdown()
+        assert_clean(pids)
+        pytest.fail("the test left a runtime running (it was shut down and checked)")
+
+
+def run_driver(code: str, timeout=60, env=None):
+    """Run ``code`` as a separate driver script; returns CompletedProcess."""
+    import subprocess
+    import textwrap
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
