@@ -100,7 +100,7 @@ class CoreClient:
         frame = _encode(msg)
         with self._send_lock:
             if self.broken is not None:
-                raise self.broken
+                raise type(self.broken)(str(self.broken))
             ops = self._ops
             if ops:
                 frame = self._drain_ops() + frame

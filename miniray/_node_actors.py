@@ -15,7 +15,9 @@ receives them in order and can run them back to back.  States:
 """
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import signal
 from collections import deque
 
@@ -23,10 +25,47 @@ from . import _protocol as P
 from . import _task_spec as S
 from ._object_table import READY
 from ._scheduler import format_resources
-from ._serialization import dumps
+from ._serialization import dumps, read_from
 from .exceptions import ActorDiedError, ActorUnschedulableError, TaskCancelledError
 
 M = P.Msg
+
+
+class _Opaque:
+    """Stands in for a user class while reading an error's text: the daemon
+    never imports user modules nor runs user code."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __setstate__(self, state):
+        pass
+
+    def __str__(self):
+        return f"{type(self).__name__}{self.args!r}"
+
+
+class _TextUnpickler(pickle.Unpickler):
+    _allowed = {"miniray.exceptions", "builtins", "copyreg", "_codecs"}
+
+    def find_class(self, module, name):
+        if module in self._allowed:
+            return super().find_class(module, name)
+        return type(name.rpartition(".")[2], (_Opaque,), {"__module__": module})
+
+
+def error_text(payload) -> str:
+    """The message of a serialized error (a RayTaskError from a worker),
+    read without importing the user's modules in the daemon."""
+    try:
+        meta, buffers = read_from(payload)
+        err = _TextUnpickler(io.BytesIO(meta), buffers=buffers).load()
+        return str(err)
+    except Exception as exc:
+        return f"(its error could not be read: {type(exc).__name__}: {exc})"
 
 
 class Actor:
@@ -191,12 +230,7 @@ class ActorManager:
     def on_ready(self, a: Actor, error_payload) -> None:
         """The constructor finished (TASK_DONE of the ``__init__`` task)."""
         if error_payload is not None:
-            from ._serialization import loads_from
-            try:
-                cause = loads_from(error_payload)
-                text = str(cause)
-            except Exception as exc:
-                text = f"(its error could not be read: {exc})"
+            text = error_text(error_payload)
             self._die(a, ActorDiedError(
                 f"{a.describe()} died because its constructor raised:\n{text}", actor_id=a.aid))
             return

@@ -171,6 +171,7 @@ def stop(rt: Runtime) -> None:
         except Exception:
             pass
     client.close()
+    ser.shutdown_copy_pool()
     if proc is not None:
         try:
             proc.wait(timeout=10)

@@ -393,8 +393,8 @@ class _Walk:
         try:
             children = _children(obj, self.registry)
             for label, child in children:
-                if len(node.children) >= _SHOW_CHILDREN:
-                    node.hidden += 1
+                if len(node.children) >= _SHOW_CHILDREN or type(child) in _ATOMS:
+                    node.hidden += 1  # atoms are always fine: not worth a line
                     continue
                 node.children.append(
                     self.node(child, label, f"{path} -> {label}", depth + 1, None))

@@ -390,7 +390,11 @@ def _short(value, limit=60):
 
 
 def main():
-    worker = Worker()
+    try:
+        worker = Worker()
+    except OSError:
+        # The node went away before this worker could connect: nothing to do.
+        os._exit(1)
     try:
         worker.run()
     finally:

@@ -70,7 +70,10 @@ class Runtime:
 
     def track(self):
         if miniray.is_initialized():
-            self.pids |= runtime_pids()
+            try:
+                self.pids |= runtime_pids()
+            except miniray.exceptions.NodeDiedError:
+                pass
 
     def stop(self):
         self.track()
@@ -132,7 +135,7 @@ def _stop_shared_at_module_end():
 @pytest.fixture(autouse=True)
 def _no_runtime_leaks_between_tests(request):
     yield
-    if "ray_shared" in request.fixturenames:
+    if "ray_shared" in request.fixturenames or _shared is not None:
         return
     if miniray.is_initialized():
         pids = runtime_pids()

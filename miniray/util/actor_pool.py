@@ -58,12 +58,19 @@ class ActorPool:
         # Items start in submission order and an actor frees only when its
         # result is taken, so the next index to return is always running.
         if self._next_return not in self._index_ref:
-            raise ValueError("get_next() cannot follow get_next_unordered() on the same pool")
+            raise ValueError("get_next() cannot follow get_next_unordered() while results "
+                             "submitted before it are still pending: take them with "
+                             "get_next_unordered() first")
         ref = self._index_ref[self._next_return]
         ready, _ = api.wait([ref], timeout=timeout)
         if not ready:
             if ignore_if_timedout:
+                # Ray's behaviour: skip this result for good and give its
+                # actor back to the pool (the call itself keeps running).
                 self._next_return += 1
+                self._release(ref)
+                raise TimeoutError(f"no result within {timeout} s; the call was ignored "
+                                   f"(ignore_if_timedout=True)")
             raise TimeoutError(f"no result within {timeout} s")
         self._next_return += 1
         self._release(ref)
@@ -77,6 +84,9 @@ class ActorPool:
         if not ready:
             raise TimeoutError(f"no result within {timeout} s")
         ref = ready[0]
+        # Results before this one in submission order can no longer come
+        # back from get_next() once a later one was taken (as in Ray).
+        self._next_return = max(self._next_return, self._ref_index[ref] + 1)
         self._release(ref)
         return api.get(ref)
 

@@ -24,7 +24,7 @@ from miniray.exceptions import (ActorDiedError, ActorUnschedulableError, RayActo
                                 RayTaskError, SerializationError)
 from miniray.util import ActorPool
 
-from conftest import assert_clean, run_driver
+from tests.conftest import assert_clean, run_driver
 
 
 # -- helpers -----------------------------------------------------------------------------

@@ -1,0 +1,158 @@
+"""Physical limits of this machine, measured beside the runtimes.
+
+* memcpy of 1 GiB (numpy.copyto, which releases the GIL, on 1 or 2 slices
+  in 1 or 2 threads) into a /dev/shm file mapping that is pre-faulted (every
+  page written before the timed copy) or fresh (just ftruncate'd: the copy
+  pays the tmpfs page faults and zeroing), and into fresh private memory;
+* a 1-byte pipe round trip between two Python processes;
+* the time to spawn a Python process (bare, and one that imports numpy).
+
+A limit is what the machine can do, and noise only makes things slower, so
+each process reports the best of its samples (fastest copy, shortest round
+trip); the runner reports the median and the best over repetitions.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+
+from .common import GiB, now
+
+SHM_DIR = "/dev/shm"
+
+
+class _ShmArray:
+    def __init__(self, size, prefault):
+        self.path = os.path.join(SHM_DIR, f"miniray-bench-limits-{os.getpid()}-{id(self)}")
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self.mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.a = np.frombuffer(self.mm, dtype=np.uint8)
+        if prefault:
+            self.a.fill(1)
+
+    def close(self):
+        self.a = None
+        try:
+            self.mm.close()
+        finally:
+            os.unlink(self.path)
+
+
+def _copy(dst, src, nthreads):
+    if nthreads == 1:
+        np.copyto(dst, src)
+        return
+    bounds = np.linspace(0, len(src), nthreads + 1).astype(np.int64)
+    ts = [threading.Thread(target=np.copyto, args=(dst[a:b], src[a:b]))
+          for a, b in zip(bounds[:-1], bounds[1:])]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+
+
+def memcpy(quick=False):
+    n = GiB
+    src = np.ones(n, dtype=np.uint8)  # written, so pre-faulted
+    out = {}
+    reps = 3
+    dst = _ShmArray(n, prefault=True)
+    try:
+        for nt in (1, 2):
+            ts = []
+            for _ in range(reps):
+                t0 = now()
+                _copy(dst.a, src, nt)
+                ts.append(now() - t0)
+            out[f"memcpy_prefaulted_{nt}t_gbps"] = n / min(ts) / 1e9
+    finally:
+        dst.close()
+    for nt in (1, 2):
+        ts = []
+        for _ in range(2 if quick else reps):
+            dst = _ShmArray(n, prefault=False)
+            try:
+                t0 = now()
+                _copy(dst.a, src, nt)
+                ts.append(now() - t0)
+            finally:
+                dst.close()
+        out[f"memcpy_fresh_{nt}t_gbps"] = n / min(ts) / 1e9
+    ts = []
+    for _ in range(2 if quick else reps):
+        dst = np.empty(n, dtype=np.uint8)
+        t0 = now()
+        np.copyto(dst, src)
+        ts.append(now() - t0)
+        del dst
+    out["memcpy_anon_fresh_1t_gbps"] = n / min(ts) / 1e9
+    return out
+
+
+_ECHO = (
+    "import os\n"
+    "while True:\n"
+    "    b = os.read(0, 1)\n"
+    "    if not b:\n"
+    "        break\n"
+    "    os.write(1, b)\n"
+)
+
+
+def pipe_rtt(quick=False):
+    p = subprocess.Popen([sys.executable, "-c", _ECHO], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, bufsize=0)
+    try:
+        w = p.stdin.fileno()
+        r = p.stdout.fileno()
+
+        def rt(k):
+            for _ in range(k):
+                os.write(w, b"x")
+                os.read(r, 1)
+
+        rt(2000)
+        batch = 5000
+        per = []
+        for _ in range(5):
+            t0 = now()
+            rt(batch)
+            per.append((now() - t0) / batch * 1e6)
+        return {"pipe_rtt_us": min(per)}
+    finally:
+        p.stdin.close()
+        p.wait(timeout=10)
+        p.stdout.close()
+
+
+def spawn(quick=False):
+    out = {}
+    for key, code in (("spawn_python_s", "pass"), ("spawn_python_numpy_s", "import numpy")):
+        subprocess.run([sys.executable, "-c", code], check=True)  # warm the page cache
+        ts = []
+        for _ in range(5):
+            t0 = now()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            ts.append(now() - t0)
+        out[key] = min(ts)
+    return out
+
+
+def bench_limits(quick=False):
+    out = {}
+    out.update(memcpy(quick))
+    out.update(pipe_rtt(quick))
+    out.update(spawn(quick))
+    return out
+
+
+BENCHES = {"limits": bench_limits}

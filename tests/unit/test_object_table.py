@@ -1,0 +1,54 @@
+from miniray._object_table import ObjectTable, READY
+
+
+def oid(i):
+    return i.to_bytes(16, "little")
+
+
+def test_entry_freed_when_unreferenced():
+    t = ObjectTable(1 << 20)
+    e = t.allocate(oid(1), 1000)
+    t.seal(e, 0, None, ())
+    e.holders = 1
+    t.release_if_unused(e)
+    assert oid(1) in t.entries
+    e.holders = 0
+    t.release_if_unused(e)
+    assert oid(1) not in t.entries and t.alloc.used == 0
+
+
+def test_contained_refs_pinned_until_container_freed():
+    t = ObjectTable(1 << 20)
+    inner = t.get_or_create(oid(1))
+    t.seal(inner, 0, b"inner", ())
+    outer = t.get_or_create(oid(2))
+    t.seal(outer, 0, b"outer", [oid(1)])
+    assert inner.pins == 1
+    t.release_if_unused(inner)
+    assert oid(1) in t.entries
+    t.release_if_unused(outer)
+    assert oid(1) not in t.entries and oid(2) not in t.entries
+
+
+def test_waiters_returned_on_seal():
+    t = ObjectTable(1 << 20)
+    e = t.get_or_create(oid(1))
+    e.waiters = ["w"]
+    assert list(t.seal(e, 0, b"x", ())) == ["w"]
+    assert e.state == READY and e.waiters is None
+
+
+def test_full_store_message():
+    import pytest
+    from miniray.exceptions import ObjectStoreFullError
+    t = ObjectTable(1 << 20)
+    t.allocate(oid(1), 900_000)
+    with pytest.raises(ObjectStoreFullError, match="in use by 1 objects"):
+        t.allocate(oid(2), 900_000)
+
+
+def test_unsealed_range_returned():
+    t = ObjectTable(1 << 20)
+    t.allocate(oid(1), 1000)
+    t.drop_unsealed(oid(1))
+    assert t.alloc.used == 0 and oid(1) not in t.entries

@@ -1,0 +1,34 @@
+import pytest
+
+from miniray import _protocol as P
+from miniray._transport import digest, parse_address
+
+
+def test_frames_split_anywhere():
+    msgs = [(P.Msg.SUBMIT, b"x" * 1000, [1, 2]), (P.Msg.REFS, [(1, b"a" * 16)]),
+            (P.Msg.SHUTDOWN,)]
+    data = b"".join(P.encode(m) for m in msgs)
+    for cut in range(0, len(data), 7):
+        r = P.FrameReader()
+        got = r.feed(data[:cut]) + r.feed(data[cut:])
+        assert got == msgs
+        assert r.pending_bytes() == 0
+
+
+def test_oversized_frame_rejected():
+    r = P.FrameReader()
+    with pytest.raises(ValueError, match="too large"):
+        r.feed(b"\xff\xff\xff\xff" + b"x")
+
+
+def test_address_parsing():
+    import socket
+    assert parse_address("unix:@abc") == (socket.AF_UNIX, "\0abc")
+    assert parse_address("127.0.0.1:6379") == (socket.AF_INET, ("127.0.0.1", 6379))
+    assert parse_address("tcp:localhost:1") == (socket.AF_INET, ("localhost", 1))
+    with pytest.raises(ValueError):
+        parse_address("nonsense")
+
+
+def test_digest_depends_on_token_and_nonce():
+    assert digest(b"t", b"n") != digest(b"t", b"m") != digest(b"u", b"n")
