@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from . import _protocol as P
@@ -45,6 +46,7 @@ M = P.Msg
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 RECV_SIZE = 1 << 20
+HUGE_PAGE = 2 * 2**20
 
 
 def log(msg: str) -> None:
@@ -130,6 +132,46 @@ class Worker:
         self.exit_desc = None
 
 
+class Prefault:
+    """Reserves the first ``nbytes`` of the arena in the background.
+
+    Allocating tmpfs pages (zeroing them) is most of the cost of a first
+    large put; doing it here, at the lowest CPU priority, after the node is
+    up, makes a first put cost only the page mapping.  The pages are not
+    mapped by anyone, so they count in no process's RSS.
+    """
+
+    CHUNK = 64 * 2**20
+
+    def __init__(self, fd: int, nbytes: int):
+        self.fd = fd
+        self.nbytes = nbytes
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="miniray-prefault", daemon=True)
+
+    def start(self) -> None:
+        if self.nbytes > 0:
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (OSError, AttributeError):
+            pass
+        for off in range(0, self.nbytes, self.CHUNK):
+            if self.stopping.is_set():
+                return
+            try:
+                os.posix_fallocate(self.fd, off, min(self.CHUNK, self.nbytes - off))
+            except OSError:
+                return       # no room: the store reports it when it is used
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
 def describe_exit(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -154,10 +196,12 @@ class Node:
         self.listener = listen(self.address)
         self.sel.register(self.listener, EVENT_READ, self._accept)
         size = int(config["object_store_memory"])
+        if config.get("huge_pages"):
+            size = -(-size // HUGE_PAGE) * HUGE_PAGE
         self.arena_fd, self.arena_dir, warning = create_arena_file(
             size, self.session, config.get("plasma_directory"))
-        if warning:
-            log("warning: " + warning)
+        self.store_warning = warning
+        self.prefault = Prefault(self.arena_fd, min(size, int(config.get("prefault_bytes") or 0)))
         self.arena_size = size
         self.table = ObjectTable(size)
         total = {"CPU": float(config["num_cpus"])}
@@ -202,6 +246,7 @@ class Node:
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
+        self.prefault.start()
         sel = self.sel
         while not self.stopping:
             timeout = None
@@ -441,7 +486,8 @@ class Node:
                    "resources": dict(self.resources.total), "serializers": self.serializers,
                    "sys_path": self.sys_path, "job_id": job, "address": self.address,
                    "node_pid": os.getpid(), "arena_dir": self.arena_dir,
-                   "inline_threshold": self.config["inline_threshold"]}
+                   "inline_threshold": self.config["inline_threshold"],
+                   "store_warning": self.store_warning}
         frame = P.encode((M.WELCOME, welcome))
         try:
             conn.sock.setblocking(True)
@@ -740,6 +786,7 @@ class Node:
         for conn in list(self.conns.values()):
             conn.sock.close()
         self.listener.close()
+        self.prefault.stop()
         os.close(self.arena_fd)
 
 

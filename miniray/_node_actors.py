@@ -71,7 +71,7 @@ def error_text(payload) -> str:
 class Actor:
     __slots__ = ("aid", "name", "namespace", "class_name", "spec", "shape", "state", "worker",
                  "queue", "inflight", "restarts_left", "max_task_retries", "detached",
-                 "death", "meta", "exiting", "pid", "num_restarts", "creator")
+                 "death", "meta", "exiting", "pid", "num_restarts", "creator", "arg_pins")
 
     def __init__(self, aid, spec, opts, creator):
         self.aid = aid
@@ -93,6 +93,7 @@ class Actor:
         self.pid = None
         self.num_restarts = 0
         self.creator = creator
+        self.arg_pins = ()      # constructor args kept for restarts
 
     def describe(self) -> str:
         name = f" '{self.name}'" if self.name else ""
@@ -141,6 +142,12 @@ class ActorManager:
         if a.detached:
             e.pins += 1
         t = node.tasks.create(spec, conn, actor=a)
+        if a.restarts_left != 0:
+            # A restart runs the constructor again with the same args: keep
+            # them alive as long as the actor, not just until the first run.
+            a.arg_pins = node.tasks._pinned(spec)
+            for oid in a.arg_pins:
+                node.table.get_or_create(oid).pins += 1
         a.queue.append(t)
         node.tasks.start(t)
         conn.send((M.REPLY, rid, True, (aid, a.meta, True)))
@@ -229,6 +236,8 @@ class ActorManager:
 
     def on_ready(self, a: Actor, error_payload) -> None:
         """The constructor finished (TASK_DONE of the ``__init__`` task)."""
+        if a.state == "dead":
+            return
         if error_payload is not None:
             text = error_text(error_payload)
             self._die(a, ActorDiedError(
@@ -236,6 +245,9 @@ class ActorManager:
             return
         a.state = "alive"
         self.pump(a)
+        if a.exiting and not a.queue and not a.inflight:
+            # Every handle went while the constructor ran.
+            self._exit_gracefully(a)
 
     def call_done(self, t) -> None:
         a = t.actor
@@ -296,8 +308,13 @@ class ActorManager:
                 a.restarts_left -= 1
             a.num_restarts += 1
             retry, fail = [], []
+            tasks = self.node.tasks
+            for t in [t for t in a.queue if t.spec[S.METHOD] == "__init__"]:
+                a.queue.remove(t)       # never sent: the new constructor replaces it
+                tasks.forget(t)
             for t in a.inflight.values():
                 if t.spec[S.METHOD] == "__init__":
+                    tasks.forget(t)     # died in its constructor
                     continue
                 budget = t.retries_left if t.retries_left is not None else a.max_task_retries
                 (retry if budget != 0 else fail).append(t)
@@ -351,6 +368,13 @@ class ActorManager:
             a.detached = False
             e.pins -= 1
             node.table.release_if_unused(e)
+        pins, a.arg_pins = a.arg_pins, ()
+        entries = node.table.entries
+        for oid in pins:
+            e = entries.get(oid)
+            if e is not None:
+                e.pins -= 1
+                node.release_entry(e)
 
     def cancel(self, t, force) -> None:
         if t.state in ("waiting", "ready") and t.worker is None:

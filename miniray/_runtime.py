@@ -69,8 +69,15 @@ def _default_store_size() -> int:
     return int(min(total * 0.3, 200 * 2**30))
 
 
+def default_prefault(store_size: int) -> int:
+    """How much of the arena the node reserves up front (see _node.Prefault)."""
+    import psutil
+    return int(min(store_size, 2 * 2**30, psutil.virtual_memory().total * 0.1))
+
+
 def start_node(num_cpus, resources, object_store_memory, *, num_gpus=None,
-               plasma_directory=None, owner=True, address=None, env_extra=None):
+               plasma_directory=None, huge_pages=False, prefault_bytes=None, owner=True,
+               address=None, env_extra=None):
     """Start a node daemon; returns (address, token, process)."""
     session = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
     token = os.urandom(32)
@@ -81,6 +88,9 @@ def start_node(num_cpus, resources, object_store_memory, *, num_gpus=None,
         "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or {},
         "object_store_memory": int(object_store_memory), "owner_pid": os.getpid() if owner else None,
         "inline_threshold": INLINE_THRESHOLD, "plasma_directory": plasma_directory,
+        "huge_pages": huge_pages,
+        "prefault_bytes": default_prefault(object_store_memory) if prefault_bytes is None
+        else prefault_bytes,
         "sys_path": sys_path,
     }
     r, w = os.pipe()
@@ -144,6 +154,9 @@ def set_current(rt) -> None:
 def connect_driver(address, token, *, node_proc=None, namespace=None, session=None) -> Runtime:
     info = {"sys_path": driver_sys_path()}
     client = CoreClient(address, token, "driver", info=info)
+    if client.welcome.get("store_warning"):
+        import warnings
+        warnings.warn(client.welcome["store_warning"], RuntimeWarning, stacklevel=3)
     rt = Runtime(client, "driver", node_proc=node_proc, namespace=namespace, session=session)
     set_current(rt)
     return rt

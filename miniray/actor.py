@@ -98,10 +98,13 @@ class ActorClass:
         max_task_retries = opts.get("max_task_retries") or 0
         meta = {"class_name": self._name, "key": self._key, "methods": self._methods,
                 "max_task_retries": max_task_retries, "is_async": self._is_async}
+        namespace = opts.get("namespace", rt.namespace)
+        # The actor's process runs in its namespace (get_actor and named
+        # actors created from its methods use it), as Ray's do.
         spec = (new_task_id(), self._key, self._name, payload, args_oid, deps, 0,
                 actor_shape(opts), 0, False, pins, aid, "__init__",
-                {"is_async": self._is_async, "max_concurrency": max_concurrency})
-        namespace = opts.get("namespace", rt.namespace)
+                {"is_async": self._is_async, "max_concurrency": max_concurrency,
+                 "namespace": namespace})
         node_opts = {"name": opts.get("name"), "namespace": namespace,
                      "get_if_exists": opts.get("get_if_exists", False),
                      "lifetime": opts.get("lifetime"),

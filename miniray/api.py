@@ -31,7 +31,7 @@ _init_lock = threading.Lock()
 
 def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
          object_store_memory=None, ignore_reinit_error=False, namespace=None,
-         huge_pages=False, plasma_directory=None, **kwargs):
+         huge_pages=False, plasma_directory=None, _prefault_bytes=None, **kwargs):
     """Start a local node (or connect to ``address``) and return its context."""
     unknown = set(kwargs) - _ACCEPTED_INIT_KWARGS
     if unknown:
@@ -65,7 +65,8 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
             cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
             store = object_store_memory or _runtime._default_store_size()
             addr, token, proc, session = _runtime.start_node(
-                cpus, resources, store, num_gpus=num_gpus, plasma_directory=plasma_directory)
+                cpus, resources, store, num_gpus=num_gpus, plasma_directory=plasma_directory,
+                huge_pages=huge_pages, prefault_bytes=_prefault_bytes)
             try:
                 rt = _runtime.connect_driver(addr, token, node_proc=proc, namespace=namespace,
                                              session=session)

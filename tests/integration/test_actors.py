@@ -52,6 +52,16 @@ def cpus_free():
     return miniray.available_resources().get("CPU", 0.0)
 
 
+def node_stats():
+    from miniray._protocol import Query
+    return miniray._runtime.current().client.query(Query.STATS)
+
+
+def no_tasks_left():
+    """The node forgot every task (no call or constructor leaked)."""
+    return node_stats()["tasks"] == 0
+
+
 # -- actor classes used by several tests ------------------------------------------------------
 
 @miniray.remote
@@ -245,6 +255,19 @@ def test_handle_stored_in_an_object(ray_start):
     assert miniray.get(back.get.remote()) == 200
 
 
+def test_named_actor_is_found_from_tasks_of_a_namespaced_job(ray_factory):
+    # Ray: tasks and actors run in their job's namespace.
+    ray_factory(namespace="app")
+
+    @miniray.remote
+    def lookup(name):
+        return miniray.get(miniray.get_actor(name).incr.remote())
+
+    c = Counter.options(name="shared").remote()
+    assert miniray.get(lookup.remote("shared")) == 1
+    assert miniray.get(c.get.remote()) == 1
+
+
 def test_handle_returned_from_a_task(ray_start):
     @miniray.remote
     def make():
@@ -345,13 +368,15 @@ def test_actor_holds_its_resources_while_it_lives(ray_factory):
     plain = Counter.remote()             # Ray: needs 0 CPUs while it lives
     miniray.get(plain.get.remote())
     assert cpus_free() == 2.0
-    heavy = Counter.options(num_cpus=1, resources={"db": 1.5}).remote()
-    miniray.get(heavy.get.remote())
+    heavy = Counter.options(num_cpus=1, resources={"db": 1}).remote()
+    light = Counter.options(resources={"db": 0.5}).remote()
+    miniray.get([heavy.get.remote(), light.get.remote()])
     avail = ray.available_resources()
     assert avail["CPU"] == 1.0 and avail["db"] == 0.5
     # A task that needs the held CPU... still runs on the one left.
     assert miniray.get(slow_value.remote(1, 0)) == 1
     miniray.kill(heavy)
+    miniray.kill(light)
     wait_for(lambda: ray.available_resources().get("db") == 2.0 and cpus_free() == 2.0,
              what="the killed actor's resources to come back")
 
@@ -374,7 +399,7 @@ def test_actor_the_node_can_never_place_fails_clearly(ray_start):
     with pytest.raises(ActorUnschedulableError) as info:
         miniray.get(big.get.remote(), timeout=20)
     err = info.value
-    assert isinstance(err, ActorDiedError)
+    assert isinstance(err, RayActorError)     # what `except RayActorError` catches
     msg = str(err)
     assert "Counter" in msg and "CPU: 64" in msg and "CPU: 2" in msg
     assert "can never start" in msg
@@ -626,6 +651,19 @@ def test_last_handle_gone_ends_the_actor_and_frees_its_resources(ray_start):
 
 
 @pytest.mark.timeout(60)
+def test_handle_dropped_while_the_constructor_runs_ends_the_actor(ray_start):
+    @miniray.remote(num_cpus=1)
+    class SlowStart:
+        def __init__(self):
+            time.sleep(0.3)
+
+    SlowStart.remote()       # the handle is dropped at once
+    gc.collect()
+    wait_for(lambda: node_stats()["actors"] == 0 and cpus_free() == 2.0,
+             what="the unreferenced actor to exit once constructed")
+
+
+@pytest.mark.timeout(60)
 def test_calls_in_flight_finish_when_the_last_handle_goes(ray_start):
     s = Sleeper.remote()
     pid = miniray.get(s.pid.remote())
@@ -693,6 +731,59 @@ def test_max_restarts_restarts_a_sigkilled_actor(ray_start):
         return None
     err = wait_for(dead, what="calls to fail after the last restart")
     assert f"pid={pid3}" in str(err) and "SIGKILL" in str(err)
+
+
+@pytest.mark.timeout(90)
+def test_restart_reruns_the_constructor_with_its_original_args(ray_start):
+    import numpy as np
+
+    @miniray.remote(max_restarts=1)
+    class Keeps:
+        def __init__(self, small, big, *, nested):
+            self.summary = (small, int(big.sum()), nested[0] if isinstance(nested, list)
+                            else nested)
+
+        def summary_(self):
+            return self.summary
+
+        def pid(self):
+            return os.getpid()
+
+    small = miniray.put("small")
+    big = np.ones(200_000, dtype=np.int64)          # args above the inline threshold
+    a = Keeps.remote(small, big, nested=["inline"])
+    expected = ("small", 200_000, "inline")
+    assert miniray.get(a.summary_.remote()) == expected
+    pid = miniray.get(a.pid.remote())
+    del small, big                                  # only the actor needs them now
+    gc.collect()
+    os.kill(pid, signal.SIGKILL)
+    _pid_after_restart(a, pid)
+    assert miniray.get(a.summary_.remote()) == expected
+    del a
+    gc.collect()
+    wait_for(lambda: node_stats()["objects"] == 0, what="the constructor args to be freed")
+    wait_for(no_tasks_left, what="the node to forget every task")
+
+
+@pytest.mark.timeout(90)
+def test_crash_in_the_constructor_restarts_cleanly(ray_start, tmp_path):
+    marker = str(tmp_path / "ctor-crashed")
+
+    @miniray.remote(max_restarts=1)
+    class CrashingInit:
+        def __init__(self, marker):
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def pid(self):
+            return os.getpid()
+
+    a = CrashingInit.remote(marker)
+    assert miniray.get(a.pid.remote(), timeout=60) > 0
+    assert os.path.exists(marker)
+    wait_for(lambda: node_stats()["tasks"] == 0, what="the crashed constructor to be forgotten")
 
 
 @pytest.mark.timeout(90)
@@ -818,7 +909,7 @@ def test_detached_actor_outlives_its_driver(standalone_node):
     env = {"MINIRAY_TOKEN": token}
     first = run_driver(f"""
         import os, miniray
-        miniray.init(address={address!r})
+        miniray.init(address={address!r}, namespace="jobs")
 
         @miniray.remote
         class Store:
@@ -847,7 +938,7 @@ def test_detached_actor_outlives_its_driver(standalone_node):
 
     second = run_driver(f"""
         import miniray
-        miniray.init(address={address!r})
+        miniray.init(address={address!r}, namespace="jobs")
         s = miniray.get_actor("store")
         assert miniray.get(s.get.remote("answer")) == 42
         try:
@@ -926,12 +1017,20 @@ def test_actor_pool_push_pop_and_timeout(ray_start):
     pool.push(s)
     with pytest.raises(ValueError):
         pool.push(s)
-    pool.submit(lambda a, v: a.sleep.remote(v), 5)
+    pool.submit(lambda a, v: a.sleep.remote(v), 0.3)
     assert pool.pop_idle() is None
     with pytest.raises(TimeoutError):
-        pool.get_next(timeout=0.05)
-    assert pool.get_next() == 5
+        pool.get_next(timeout=0)
+    assert pool.get_next() == 0.3
     assert pool.pop_idle() == s
+    assert not pool.has_next()
+    # ignore_if_timedout skips a slow result and frees its actor (Ray's API).
+    pool.push(s)
+    pool.submit(lambda a, v: a.sleep.remote(v), 0.5)
+    pool.submit(lambda a, v: a.sleep.remote(v), 0)
+    with pytest.raises(TimeoutError, match="ignored"):
+        pool.get_next(timeout=0, ignore_if_timedout=True)
+    assert pool.get_next(timeout=30) == 0
     assert not pool.has_next()
 
 
