@@ -38,6 +38,7 @@ M = P.Msg
 _encode = P.encode
 VALUE, ERROR = P.Kind.VALUE, P.Kind.ERROR
 INCREF, DECREF, UNPIN = 1, 2, 3
+LATER_LIMIT = 256 * 1024
 
 
 class _Reply:
@@ -76,11 +77,18 @@ class CoreClient:
         for extra in fds[1:]:
             os.close(extra)
         self._send_lock = threading.Lock()
+        self._later = bytearray()     # frames from send_later, not yet sent
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._refs_lock = threading.RLock()
         self._pending: dict = {}
         self._dropped: dict = {}
         self._rid = itertools.count(1)
         self.local_refs: dict = {}
+        # What this process knows about objects it holds refs to: inline
+        # values (immutable, so a get needs no round trip) and readiness
+        # (so a wait on ready refs needs none).  Dropped with the last ref.
+        self.known_values: dict = {}
+        self.known_ready: set = set()
         self._ops: deque = deque()
         self.on_push = on_push
         self.broken: BaseException | None = None
@@ -97,17 +105,63 @@ class CoreClient:
 
     # -- sending -----------------------------------------------------------------------
     def send(self, msg) -> None:
+        """Send now, with everything queued before it."""
         frame = _encode(msg)
         with self._send_lock:
             if self.broken is not None:
                 raise type(self.broken)(str(self.broken))
-            ops = self._ops
-            if ops:
-                frame = self._drain_ops() + frame
+            if self._later or self._ops:
+                frame = self._take_pending() + frame
             try:
                 self.sock.sendall(frame)
             except OSError as exc:
                 raise self._mark_broken(exc) from None
+
+    def send_later(self, msg) -> None:
+        """Queue a message that needs no prompt answer (a task submission).
+
+        It leaves with the next ``send`` (a ``get`` right after a submit costs
+        one syscall for both), when the queue grows past LATER_LIMIT, or when
+        the reader thread wakes for it: a burst of submits reaches the node
+        as a few large writes instead of one wake-up per task.
+        """
+        frame = _encode(msg)
+        with self._send_lock:
+            if self.broken is not None:
+                raise type(self.broken)(str(self.broken))
+            later = self._later
+            first = not later
+            later += frame
+            if len(later) >= LATER_LIMIT:
+                self._flush_later_locked()
+                return
+        if first:
+            os.eventfd_write(self._wake, 1)
+
+    def _take_pending(self) -> bytes:
+        """Queued submits, then queued ref ops.  Releases go after the
+        submits queued before them: a submit pins its args before the
+        node can see this process drop them."""
+        data = bytes(self._later)
+        self._later.clear()
+        if self._ops:
+            data += self._drain_ops()
+        return data
+
+    def _flush_later_locked(self) -> None:
+        data = self._take_pending()
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise self._mark_broken(exc) from None
+
+    def flush_later(self) -> None:
+        with self._send_lock:
+            if (self._later or self._ops) and self.broken is None:
+                try:
+                    self._flush_later_locked()
+                except NodeDiedError:
+                    pass
 
     def _drain_ops(self) -> bytes:
         ops = self._ops
@@ -118,12 +172,12 @@ class CoreClient:
         return _encode((M.REFS, batch))
 
     def flush_refs(self) -> None:
-        if not self._ops or self.broken is not None:
+        if not (self._ops or self._later) or self.broken is not None:
             return
         if self._send_lock.acquire(blocking=False):
             try:
-                if self._ops:
-                    self.sock.sendall(self._drain_ops())
+                if self._ops or self._later:
+                    self.sock.sendall(self._take_pending())
             except OSError:
                 pass
             finally:
@@ -190,6 +244,8 @@ class CoreClient:
             if c == 1:
                 del self.local_refs[oid]
                 self._ops.append((DECREF, oid))
+                self.known_values.pop(oid, None)
+                self.known_ready.discard(oid)
             else:
                 self.local_refs[oid] = c - 1
 
@@ -242,8 +298,10 @@ class CoreClient:
         contained = sobj.contained_refs
         if size <= self.inline_threshold:
             data = ser.to_bytes(sobj)
-            self.send((M.PUT_INLINE, oid, kind, data, contained) if hold else
-                      (M.PUT_INLINE, oid, kind, data, contained))
+            self.send_later((M.PUT_INLINE, oid, kind, data, contained))
+            if hold:
+                self.known_values[oid] = (kind, data)
+                self.known_ready.add(oid)
             return data
         offset = self.allocate(oid, size)
         view = self.arena.writable(offset, size)
@@ -252,6 +310,8 @@ class CoreClient:
         finally:
             view.release()
         self.send((M.SEAL, oid, kind, hold, contained))
+        if hold:
+            self.known_ready.add(oid)
         return None
 
     def allocate(self, oid, size) -> int:
@@ -281,7 +341,22 @@ class CoreClient:
         return payload
 
     def get_values(self, oids, timeout=None) -> list:
-        payloads = self.get_payloads(oids, timeout)
+        known = self.known_values
+        if len(oids) == 1:
+            hit = known.get(oids[0])
+            if hit is not None:
+                payloads = [hit]
+            else:
+                payloads = self.get_payloads(oids, timeout)
+                self._learn(oids, payloads)
+        else:
+            missing = [oid for oid in oids if oid not in known]
+            if missing:
+                got = dict(zip(missing, self.get_payloads(missing, timeout)))
+                self._learn(missing, got.values())
+            else:
+                got = {}
+            payloads = [got[oid] if oid in got else known[oid] for oid in oids]
         values = []
         error = None
         for oid, (kind, data) in zip(oids, payloads):
@@ -293,7 +368,30 @@ class CoreClient:
             raise as_raisable(error)
         return values
 
+    def _learn(self, oids, payloads) -> None:
+        refs = self.local_refs
+        known = self.known_values
+        ready = self.known_ready
+        for oid, payload in zip(oids, payloads):
+            if oid in refs:
+                ready.add(oid)
+                if type(payload[1]) is bytes:
+                    known[oid] = payload
+
     def wait(self, oids, num_returns, timeout):
+        ready = self.known_ready
+        if len(oids) >= num_returns:
+            local = [i for i, oid in enumerate(oids) if oid in ready]
+            if len(local) >= num_returns:
+                return local
+        positions = self._wait_remote(oids, num_returns, timeout)
+        refs = self.local_refs
+        for i in positions:
+            if oids[i] in refs:
+                ready.add(oids[i])
+        return positions
+
+    def _wait_remote(self, oids, num_returns, timeout):
         rid = next(self._rid)
         slot = _Reply()
         self._pending[rid] = slot
@@ -326,14 +424,27 @@ class CoreClient:
         sock = self.sock
         poller = select.poll()
         poller.register(sock, select.POLLIN)
+        wake = self._wake
+        poller.register(wake, select.POLLIN)
+        sock_fd = sock.fileno()
         handle = self._handle
         try:
             for msg in early:
                 handle(msg)
             while True:
-                if not poller.poll(200):
+                events = poller.poll(200)
+                if not events:
                     if self._ops:
                         self.flush_refs()
+                    continue
+                readable = False
+                for fd, _ in events:
+                    if fd == sock_fd:
+                        readable = True
+                    else:
+                        os.eventfd_read(wake)
+                        self.flush_later()
+                if not readable:
                     continue
                 data = sock.recv(1 << 20)
                 if not data:
@@ -390,16 +501,14 @@ class CoreClient:
     def close(self) -> None:
         self._closing = True
         set_ref_tracker(None)
-        try:
-            self.flush_refs()
-        except Exception:
-            pass
+        self.flush_later()
         try:
             self.sock.shutdown(2)
         except OSError:
             pass
         self._reader.join(timeout=2)
         self.sock.close()
+        os.close(self._wake)
         self.arena.close()
 
 

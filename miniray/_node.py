@@ -797,6 +797,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     ready_fd = config.get("ready_fd")
     node = Node(config, token)
+    profile_path = os.environ.get("MINIRAY_PROFILE_NODE")
+    if profile_path:
+        # Debugging aid: profile the node's loop (see docs/performance.md).
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         node.run(ready_fd)
     except SystemExit:
@@ -808,6 +814,10 @@ def main() -> None:
             node._stop_everything()
         finally:
             raise SystemExit(1) from exc
+    finally:
+        if profile_path:
+            profiler.disable()
+            profiler.dump_stats(profile_path)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ class Actor:
     def describe(self) -> str:
         name = f" '{self.name}'" if self.name else ""
         pid = f", pid={self.pid}" if self.pid else ""
-        return f"actor {self.class_name}{name} (id={self.aid.hex()[:12]}{pid})"
+        return f"actor {self.class_name}{name} (id={self.aid.hex()}{pid})"
 
 
 class ActorManager:
@@ -279,7 +279,7 @@ class ActorManager:
         a = self.actors.get(aid)
         if a is None or a.state == "dead":
             return
-        if no_restart:
+        if no_restart or a.restarts_left == 0:
             a.restarts_left = 0
             w = a.worker
             self._die(a, ActorDiedError(
@@ -337,9 +337,18 @@ class ActorManager:
             a.state = "awaiting_worker"
             self.node.spawn_worker()
             return
-        self._die(a, ActorDiedError(
-            f"{a.describe()} died: {reason}. It had no restarts left (max_restarts); "
-            f"calls to it cannot run.", actor_id=a.aid))
+        if a.num_restarts:
+            hint = (f"It was restarted {a.num_restarts} time(s) and has no restarts left "
+                    f"(max_restarts); calls to it cannot run.")
+        else:
+            cause = ("A signal like this comes from outside (kill -9, the OOM killer) or "
+                     "from native code crashing" if "signal" in (w.exit_desc or "") or
+                     "SIG" in (w.exit_desc or "") else
+                     "The actor's code exited (sys.exit, os._exit) or the interpreter crashed")
+            hint = (f"Calls to it cannot run. {cause}; pass max_restarts=N (and "
+                    f"max_task_retries=M) in @remote(...)/.options(...) to restart it "
+                    f"after a crash.")
+        self._die(a, ActorDiedError(f"{a.describe()} died: {reason}. {hint}", actor_id=a.aid))
 
     def _die(self, a: Actor, exc: ActorDiedError) -> None:
         node = self.node

@@ -152,7 +152,7 @@ class ActorHandle:
         return m
 
     def __repr__(self):
-        return f"Actor({self._meta['class_name']}, {self._ref.hex()[:12]})"
+        return f"Actor({self._meta['class_name']}, {self._ref.hex()})"
 
     def __eq__(self, other):
         return isinstance(other, ActorHandle) and other._ref == self._ref
@@ -211,7 +211,7 @@ class ActorMethod:
         spec = (tid, meta["key"], self._qualname, payload, args_oid, deps, n, (), retries,
                 tuple(retry_exc) if isinstance(retry_exc, list) else retry_exc, pins,
                 self._handle._ref.id, self._name, None)
-        client.send((ACTOR_CALL, spec))
+        client.send_later((ACTOR_CALL, spec))
         if n == 1:
             return ObjectRef(tid + b"\x00\x00", _owned=True)
         if n == 0:

@@ -108,7 +108,7 @@ class RemoteFunction:
         tid = new_task_id()
         spec = (tid, self._key, self._name, payload, args_oid, deps, n, task_shape(opts),
                 retries, retry_exc, pins, None, None, None)
-        client.send((SUBMIT, spec))
+        client.send_later((SUBMIT, spec))
         if n == 1:
             return ObjectRef(tid + b"\x00\x00", _owned=True)
         if n == 0:
