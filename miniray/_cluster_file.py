@@ -15,7 +15,8 @@ __all__ = ["cluster_dir", "write_cluster_file", "read_cluster_file", "remove_clu
 
 
 def cluster_dir() -> str:
-    path = os.path.join(tempfile.gettempdir(), f"miniray-{os.getuid()}")
+    path = os.environ.get("MINIRAY_CLUSTER_DIR") or os.path.join(
+        tempfile.gettempdir(), f"miniray-{os.getuid()}")
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 

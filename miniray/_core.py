@@ -38,7 +38,9 @@ M = P.Msg
 _encode = P.encode
 VALUE, ERROR = P.Kind.VALUE, P.Kind.ERROR
 INCREF, DECREF, UNPIN = 1, 2, 3
-LATER_LIMIT = 256 * 1024
+LATER_LIMIT = 256 * 1024      # flush queued submits beyond this many bytes
+LATER_DELAY_MS = 2            # longest a queued submit waits for a flush
+LATER_ACTIVE = 0.1            # seconds after a submit the reader keeps polling briefly
 
 
 class _Reply:
@@ -78,6 +80,8 @@ class CoreClient:
             os.close(extra)
         self._send_lock = threading.Lock()
         self._later = bytearray()     # frames from send_later, not yet sent
+        self._last_later = 0.0
+        self._reader_napping = True
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._refs_lock = threading.RLock()
         self._pending: dict = {}
@@ -130,12 +134,16 @@ class CoreClient:
             if self.broken is not None:
                 raise type(self.broken)(str(self.broken))
             later = self._later
-            first = not later
             later += frame
             if len(later) >= LATER_LIMIT:
                 self._flush_later_locked()
                 return
-        if first:
+        self._last_later = time.monotonic()
+        if self._reader_napping:
+            # The reader sleeps in a long poll: wake it once; it then polls
+            # briefly while submits keep coming, so a busy submitter pays
+            # no wake-up per message.
+            self._reader_napping = False
             os.eventfd_write(self._wake, 1)
 
     def _take_pending(self) -> bytes:
@@ -312,6 +320,7 @@ class CoreClient:
         self.send((M.SEAL, oid, kind, hold, contained))
         if hold:
             self.known_ready.add(oid)
+            self.known_values[oid] = (kind, (offset, size))
         return None
 
     def allocate(self, oid, size) -> int:
@@ -342,31 +351,44 @@ class CoreClient:
 
     def get_values(self, oids, timeout=None) -> list:
         known = self.known_values
-        if len(oids) == 1:
-            hit = known.get(oids[0])
-            if hit is not None:
-                payloads = [hit]
-            else:
-                payloads = self.get_payloads(oids, timeout)
-                self._learn(oids, payloads)
-        else:
-            missing = [oid for oid in oids if oid not in known]
-            if missing:
-                got = dict(zip(missing, self.get_payloads(missing, timeout)))
-                self._learn(missing, got.values())
-            else:
-                got = {}
-            payloads = [got[oid] if oid in got else known[oid] for oid in oids]
+        fetched = {}
+        missing = [oid for oid in oids if oid not in known]
+        if missing:
+            if len(missing) > 1:
+                missing = list(dict.fromkeys(missing))
+            payloads = self.get_payloads(missing, timeout)
+            fetched = dict(zip(missing, payloads))
+            self._learn(missing, payloads)
         values = []
         error = None
-        for oid, (kind, data) in zip(oids, payloads):
-            value = self.decode(oid, kind, data)
+        for oid in oids:
+            payload = fetched.pop(oid, None)
+            if payload is not None:
+                kind, data = payload
+                value = self.decode(oid, kind, data)          # pinned by the node
+            else:
+                kind, data = known[oid]
+                value = self.decode_known(oid, kind, data)    # pinned by our ref
             if kind == ERROR and error is None:
                 error = value
             values.append(value)
         if error is not None:
             raise as_raisable(error)
         return values
+
+    def decode_known(self, oid, kind, data):
+        """Decode an object this process holds a ref to, without asking the
+        node: a view of it counts as one more local ref, so the node hears
+        DECREF only when refs and views are all gone."""
+        if type(data) is bytes:
+            return ser.loads_from(data)
+        offset, size = data
+        self.add_owned(oid)
+        view = self.arena.pinned_view(offset, size, self.remove, oid)
+        try:
+            return ser.loads_from(view)
+        finally:
+            view.release()
 
     def _learn(self, oids, payloads) -> None:
         refs = self.local_refs
@@ -375,15 +397,15 @@ class CoreClient:
         for oid, payload in zip(oids, payloads):
             if oid in refs:
                 ready.add(oid)
-                if type(payload[1]) is bytes:
-                    known[oid] = payload
+                known[oid] = payload
 
     def wait(self, oids, num_returns, timeout):
         ready = self.known_ready
-        if len(oids) >= num_returns:
-            local = [i for i, oid in enumerate(oids) if oid in ready]
-            if len(local) >= num_returns:
-                return local
+        if ready.issuperset(oids):
+            return range(len(oids))
+        local = [i for i, oid in enumerate(oids) if oid in ready]
+        if len(local) >= num_returns:
+            return local
         positions = self._wait_remote(oids, num_returns, timeout)
         refs = self.local_refs
         for i in positions:
@@ -431,11 +453,19 @@ class CoreClient:
         try:
             for msg in early:
                 handle(msg)
+            monotonic = time.monotonic
             while True:
-                events = poller.poll(200)
+                # Nap (long poll) unless submits came recently; set the flag
+                # before looking at the queue so send_later cannot miss it.
+                self._reader_napping = True
+                if self._later or monotonic() - self._last_later < LATER_ACTIVE:
+                    self._reader_napping = False
+                    events = poller.poll(LATER_DELAY_MS)
+                else:
+                    events = poller.poll(200)
                 if not events:
-                    if self._ops:
-                        self.flush_refs()
+                    if self._ops or self._later:
+                        self.flush_later()
                     continue
                 readable = False
                 for fd, _ in events:

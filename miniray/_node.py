@@ -480,6 +480,9 @@ class Node:
             job = self.job_counter
             if info and info.get("sys_path"):
                 self.sys_path = info["sys_path"]
+                for c in self.conns.values():
+                    if c.role == "worker":
+                        c.send((M.JOB, self.sys_path))
         else:
             job = 0
         welcome = {"node_id": self.node_id, "session": self.session, "arena_size": self.arena_size,

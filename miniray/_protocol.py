@@ -27,7 +27,6 @@ client -> node
   ACTOR_CREATE  spec
   ACTOR_CALL    spec
   ACTOR_KILL    actor_id, no_restart
-  ACTOR_READY   actor_id, error_or_None           (actor worker -> node after __init__)
   SHUTDOWN
 
 node -> client
@@ -37,6 +36,7 @@ node -> client
   CANCEL_TASK   task_id
   SERIALIZERS   blob
   EXIT          reason                            (to a worker: exit now)
+  JOB           sys_path                          (to workers: a driver joined)
 """
 from __future__ import annotations
 
@@ -73,7 +73,6 @@ class Msg(enum.IntEnum):
     ACTOR_CREATE = 17
     ACTOR_CALL = 18
     ACTOR_KILL = 19
-    ACTOR_READY = 20
     SHUTDOWN = 21
     REPLY = 22
     EXECUTE = 23
@@ -81,6 +80,7 @@ class Msg(enum.IntEnum):
     EXIT = 25
     BLOCKED = 26
     UNBLOCKED = 27
+    JOB = 28
 
 
 class RefOp(enum.IntEnum):

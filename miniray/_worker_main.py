@@ -110,6 +110,10 @@ class Worker:
                 st.cancel_tid = tid
                 signal.pthread_kill(self.main_ident, signal.SIGINT)
             return
+        if tag == M.JOB:
+            missing = [p for p in msg[1] if p not in sys.path]
+            sys.path[0:0] = missing
+            return
         if tag == M.EXIT:
             self.queue.put(msg)
             if msg[1] == "node connection lost":

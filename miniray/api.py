@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import operator
 import os
 import threading
 
@@ -165,14 +166,13 @@ def put(value, *, _owner=None):
 def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     """Split refs into (ready, not_ready) once ``num_returns`` are ready or
     ``timeout`` passes; both lists keep the input order."""
-    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
+    if not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() expects a list of ObjectRefs, got {type(object_refs).__name__}")
-    oids = []
-    for r in object_refs:
-        if type(r) is not ObjectRef:
-            raise TypeError(f"wait() expects a list of ObjectRefs, but it holds a "
-                            f"{type(r).__name__}: {r!r}")
-        oids.append(r._id)
+    if set(map(type, object_refs)) - {ObjectRef}:
+        bad = next(r for r in object_refs if type(r) is not ObjectRef)
+        raise TypeError(f"wait() expects a list of ObjectRefs, but it holds a "
+                        f"{type(bad).__name__}: {bad!r}")
+    oids = list(map(_ref_id, object_refs))
     if len(set(oids)) != len(oids):
         raise ValueError("wait() got duplicate ObjectRefs in its list")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
@@ -185,10 +185,17 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
         raise TypeError("fetch_local must be a bool")
     rt = _runtime.current()
     positions = rt.client.wait(oids, num_returns, timeout)
-    chosen = set(positions[:num_returns])
+    chosen = positions[:num_returns]
+    if len(chosen) == chosen[-1] + 1 if chosen else False:
+        # The first refs are the ready ones (always so when all are ready).
+        return list(object_refs[:len(chosen)]), list(object_refs[len(chosen):])
+    chosen = set(chosen)
     ready = [r for i, r in enumerate(object_refs) if i in chosen]
     not_ready = [r for i, r in enumerate(object_refs) if i not in chosen]
     return ready, not_ready
+
+
+_ref_id = operator.attrgetter("_id")
 
 
 def kill(actor, *, no_restart=True):

@@ -584,6 +584,55 @@ def test_async_method_errors_and_sync_methods_on_async_actor(ray_start):
     assert miniray.get(m.sync_value.remote()) == "sync"
 
 
+# -- cancel -----------------------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_cancel_a_queued_and_a_running_sync_call(ray_start):
+    from miniray.exceptions import TaskCancelledError
+    s = Sleeper.remote()
+    miniray.get(s.pid.remote())
+    running = s.sleep.remote(60)
+    queued = s.sleep.remote(60)
+    miniray.cancel(queued)
+    with pytest.raises(TaskCancelledError):
+        miniray.get(queued, timeout=30)
+    miniray.cancel(running)
+    with pytest.raises(TaskCancelledError):
+        miniray.get(running, timeout=30)
+    assert miniray.get(s.sleep.remote(0)) == 0      # the actor lives on
+
+
+@pytest.mark.timeout(60)
+def test_cancel_a_running_async_call(ray_start):
+    import asyncio
+    from miniray.exceptions import TaskCancelledError
+
+    @miniray.remote(max_concurrency=1)
+    class AsyncSleeper:
+        def __init__(self):
+            self.started = asyncio.Event()
+
+        async def sleep(self, seconds):
+            self.started.set()
+            await asyncio.sleep(seconds)
+            return seconds
+
+        async def wait_started(self):
+            await self.started.wait()
+            return True
+
+    a = AsyncSleeper.remote()
+    running = a.sleep.remote(60)
+    waiting = a.sleep.remote(60)          # queued behind the one slot
+    miniray.cancel(waiting)
+    with pytest.raises(TaskCancelledError):
+        miniray.get(waiting, timeout=30)
+    miniray.cancel(running)
+    with pytest.raises(TaskCancelledError):
+        miniray.get(running, timeout=30)
+    assert miniray.get(a.sleep.remote(0), timeout=30) == 0
+
+
 # -- num_returns ---------------------------------------------------------------------------------
 
 def test_num_returns_by_decorator_and_by_options(ray_start):
@@ -626,6 +675,31 @@ def test_kill_fails_pending_and_later_calls(ray_start):
             miniray.get(ref, timeout=30)
         assert "Sleeper" in str(info.value)
     wait_for(lambda: pid_gone(pid), what=f"the killed actor (pid={pid}) to exit")
+
+
+@pytest.mark.timeout(60)
+def test_kill_allowing_restart_of_an_actor_without_restarts_says_killed(ray_start):
+    s = Sleeper.remote()
+    miniray.get(s.pid.remote())
+    miniray.kill(s, no_restart=False)
+    with pytest.raises(ActorDiedError, match=r"killed by miniray.kill\(\)"):
+        miniray.get(s.pid.remote(), timeout=30)
+
+
+def test_actor_id_in_handle_errors_and_runtime_context(ray_start):
+    @miniray.remote
+    class Who:
+        def my_id(self):
+            return miniray.get_runtime_context().get_actor_id()
+
+    a, b = Who.remote(), Who.remote()
+    ida, idb = miniray.get([a.my_id.remote(), b.my_id.remote()])
+    assert ida != idb
+    assert ida in repr(a) and idb in repr(b)
+    miniray.kill(a)
+    with pytest.raises(ActorDiedError) as info:
+        miniray.get(a.my_id.remote(), timeout=30)
+    assert ida in str(info.value)
 
 
 @pytest.mark.timeout(60)

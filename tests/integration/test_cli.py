@@ -1,0 +1,106 @@
+"""`miniray start/status/stop`, joining a running node, detached actors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import assert_clean, run_driver, wait_gone
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    env = dict(os.environ, MINIRAY_CLUSTER_DIR=str(tmp_path))
+
+    def cli(*args, check=True):
+        out = subprocess.run([sys.executable, "-m", "miniray.cli", *args], capture_output=True,
+                             text=True, env=env, timeout=60)
+        if check:
+            assert out.returncode == 0, out.stderr
+        return out
+
+    cli("start", "--head", "--num-cpus", "2", "--object-store-memory", str(128 * 2**20))
+    info = json.loads((tmp_path / "cluster.json").read_text())
+    import psutil
+    pids = {info["pid"]} | {p.pid for p in psutil.Process(info["pid"]).children(recursive=True)}
+    yield cli, env, info
+    more = set()
+    try:
+        more = {p.pid for p in psutil.Process(info["pid"]).children(recursive=True)}
+    except psutil.Error:
+        pass
+    cli("stop")
+    assert not (tmp_path / "cluster.json").exists()
+    assert not wait_gone(pids | more, timeout=20)
+    assert_clean(set())
+
+
+def test_start_status_stop(cluster):
+    cli, env, info = cluster
+    out = cli("status")
+    assert "CPU: 2 free of 2" in out.stdout
+    again = cli("start", "--head", check=False)
+    assert again.returncode != 0 and "already running" in again.stderr
+
+
+def test_detached_actor_outlives_driver(cluster):
+    cli, env, info = cluster
+    first = run_driver("""
+        import miniray
+        miniray.init(address="auto")
+        @miniray.remote
+        class Store:
+            def __init__(self):
+                self.items = []
+            def add(self, x):
+                self.items.append(x)
+                return len(self.items)
+        s = Store.options(name="store", lifetime="detached").remote()
+        assert miniray.get(s.add.remote("a")) == 1
+        t = Store.options(name="temp").remote()
+        assert miniray.get(t.add.remote("b")) == 1
+    """, env=env)
+    assert first.returncode == 0, first.stderr
+    second = run_driver("""
+        import miniray
+        miniray.init(address="auto")
+        s = miniray.get_actor("store")
+        print(miniray.get(s.add.remote("c")))
+        try:
+            miniray.get_actor("temp")
+            print("temp alive")
+        except ValueError:
+            print("temp gone")
+        miniray.kill(s)
+    """, env=env)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split() == ["2", "temp", "gone"]
+
+
+def test_driver_disconnect_keeps_node(cluster):
+    cli, env, info = cluster
+    proc = run_driver("""
+        import miniray
+        miniray.init(address="auto")
+        @miniray.remote
+        def f(x):
+            return x + 1
+        print(miniray.get(f.remote(1)))
+        miniray.shutdown()
+    """, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
+    assert "CPU: 2 free of 2" in cli("status").stdout
+
+
+def test_auto_without_node_is_clear(tmp_path):
+    proc = run_driver("""
+        import miniray
+        try:
+            miniray.init(address="auto")
+        except ConnectionError as e:
+            print("error:", e)
+    """, env={"MINIRAY_CLUSTER_DIR": str(tmp_path)})
+    assert "miniray start --head" in proc.stdout
