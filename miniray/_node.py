@@ -201,7 +201,9 @@ class Node:
         self.arena_fd, self.arena_dir, warning = create_arena_file(
             size, self.session, config.get("plasma_directory"))
         self.store_warning = warning
-        self.prefault = Prefault(self.arena_fd, min(size, int(config.get("prefault_bytes") or 0)))
+        # Reserving pages of a disk-backed fallback would write them to disk.
+        prefault = 0 if warning else min(size, int(config.get("prefault_bytes") or 0))
+        self.prefault = Prefault(self.arena_fd, prefault)
         self.arena_size = size
         self.table = ObjectTable(size)
         total = {"CPU": float(config["num_cpus"])}

@@ -68,6 +68,12 @@ def error_text(payload) -> str:
         return f"(its error could not be read: {type(exc).__name__}: {exc})"
 
 
+def _one_at_a_time(a) -> bool:
+    """The actor runs its calls one by one, in the order they were sent."""
+    extra = a.spec[S.EXTRA] or {}
+    return not extra.get("is_async") and extra.get("max_concurrency", 1) <= 1
+
+
 class Actor:
     __slots__ = ("aid", "name", "namespace", "class_name", "spec", "shape", "state", "worker",
                  "queue", "inflight", "restarts_left", "max_task_retries", "detached",
@@ -398,6 +404,11 @@ class ActorManager:
         elif t.worker is not None and t.worker.conn is not None:
             t.cancelled = True
             t.worker.conn.send((M.CANCEL_TASK, t.tid))
+            a = t.actor
+            if a is not None and _one_at_a_time(a) and next(iter(a.inflight), None) != t.tid:
+                # Sent, but an earlier call is still running: fail it now
+                # rather than after that call; the worker skips it.
+                self.node.tasks.fail(t, TaskCancelledError(t.tid.hex()))
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, what, arg):

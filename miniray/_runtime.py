@@ -72,7 +72,7 @@ def _default_store_size() -> int:
 def default_prefault(store_size: int) -> int:
     """How much of the arena the node reserves up front (see _node.Prefault)."""
     import psutil
-    return int(min(store_size, 2 * 2**30, psutil.virtual_memory().total * 0.1))
+    return int(min(store_size, 2**30 + 2**26, psutil.virtual_memory().total * 0.1))
 
 
 def start_node(num_cpus, resources, object_store_memory, *, num_gpus=None,

@@ -18,7 +18,7 @@ import pytest
 import miniray
 from miniray._protocol import Query
 
-SHM_GLOB = "/dev/shm/miniray-*"
+SHM_GLOB = "/dev/shm/miniray-arena-*"
 
 
 def runtime_pids() -> set:
@@ -53,7 +53,8 @@ def wait_gone(pids, timeout=10.0) -> set:
 def assert_clean(pids) -> None:
     left = wait_gone(pids)
     assert not left, f"processes left behind after shutdown: {sorted(left)}"
-    files = glob.glob(SHM_GLOB)
+    import tempfile
+    files = glob.glob(SHM_GLOB) + glob.glob(os.path.join(tempfile.gettempdir(), "miniray-arena-*"))
     assert not files, f"shared-memory files left behind: {files}"
     kids = [p for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
     assert not kids, f"child processes left behind: {[(p.pid, p.cmdline()) for p in kids]}"

@@ -43,7 +43,7 @@ def create_arena_file(size: int, tag: str, directory: str | None = None):
                        f"which is slower. Give /dev/shm more room (e.g. docker --shm-size, or "
                        f"mount -o remount,size=...) or pass a smaller object_store_memory.")
             directory = fallback
-    path = os.path.join(directory, f"miniray-{tag}-{os.getpid()}")
+    path = os.path.join(directory, f"miniray-arena-{tag}-{os.getpid()}")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.ftruncate(fd, size)

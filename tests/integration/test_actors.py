@@ -545,10 +545,11 @@ def test_async_methods_run_concurrently_on_the_actor_loop(ray_start):
 
 
 @pytest.mark.timeout(60)
-def test_async_actor_max_concurrency_limits_calls(ray_start):
+@pytest.mark.parametrize("limit", [1, 3])
+def test_async_actor_max_concurrency_limits_calls(ray_start, limit):
     import asyncio
 
-    @miniray.remote(max_concurrency=3)
+    @miniray.remote(max_concurrency=limit)
     class Limited:
         def __init__(self):
             self.running = 0
@@ -565,7 +566,7 @@ def test_async_actor_max_concurrency_limits_calls(ray_start):
 
     a = Limited.remote()
     miniray.get([a.work.remote() for _ in range(30)])
-    assert miniray.get(a.peak_.remote()) == 3
+    assert miniray.get(a.peak_.remote()) == limit
 
 
 def test_async_method_errors_and_sync_methods_on_async_actor(ray_start):
@@ -603,27 +604,23 @@ def test_cancel_a_queued_and_a_running_sync_call(ray_start):
 
 
 @pytest.mark.timeout(60)
-def test_cancel_a_running_async_call(ray_start):
+def test_cancel_a_running_and_a_waiting_async_call(ray_start, tmp_path):
     import asyncio
     from miniray.exceptions import TaskCancelledError
 
     @miniray.remote(max_concurrency=1)
     class AsyncSleeper:
-        def __init__(self):
-            self.started = asyncio.Event()
-
-        async def sleep(self, seconds):
-            self.started.set()
+        async def sleep(self, seconds, marker=None):
+            if marker:
+                open(marker, "w").close()
             await asyncio.sleep(seconds)
             return seconds
 
-        async def wait_started(self):
-            await self.started.wait()
-            return True
-
     a = AsyncSleeper.remote()
-    running = a.sleep.remote(60)
-    waiting = a.sleep.remote(60)          # queued behind the one slot
+    marker = str(tmp_path / "started")
+    running = a.sleep.remote(60, marker)
+    waiting = a.sleep.remote(60)          # waits for the one slot
+    wait_for(lambda: os.path.exists(marker), what="the first call to start")
     miniray.cancel(waiting)
     with pytest.raises(TaskCancelledError):
         miniray.get(waiting, timeout=30)

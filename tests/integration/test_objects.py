@@ -226,3 +226,33 @@ def test_future_and_await_of_task(ray_shared):
     async def main():
         return await asyncio.gather(*[sleep_return.remote(0.05, i) for i in range(5)])
     assert asyncio.run(main()) == list(range(5))
+
+
+def test_arena_file_is_private_and_unlinked(ray_shared):
+    import os
+    node = miniray._runtime.current().node_proc.pid
+    found = []
+    for fd in os.listdir(f"/proc/{node}/fd"):
+        path = f"/proc/{node}/fd/{fd}"
+        try:
+            target = os.readlink(path)
+        except OSError:
+            continue
+        if "miniray-" in target:
+            found.append((target, os.stat(path).st_mode & 0o777))
+    assert found, "the node holds no arena file"
+    for target, mode in found:
+        assert target.endswith("(deleted)") and target.startswith("/dev/shm/")
+        assert mode == 0o600
+
+
+def test_small_dev_shm_falls_back_with_warning(ray_factory):
+    import shutil
+    import tempfile
+    free = shutil.disk_usage("/dev/shm").free
+    if shutil.disk_usage(tempfile.gettempdir()).free < 2**30:
+        pytest.skip("not enough temp space for a file-backed arena")
+    with pytest.warns(RuntimeWarning, match="/dev/shm"):
+        ray = ray_factory(object_store_memory=free + 2**30)
+    ref = ray.put(np.arange(1_000_000))
+    assert ray.get(ref)[-1] == 999_999
