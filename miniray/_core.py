@@ -311,17 +311,23 @@ class CoreClient:
                 self.known_values[oid] = (kind, data)
                 self.known_ready.add(oid)
             return data
-        offset = self.allocate(oid, size)
-        view = self.arena.writable(offset, size)
-        try:
-            ser.write_to(sobj, view)
-        finally:
-            view.release()
+        offset = self.write_arena(oid, sobj, size)
         self.send((M.SEAL, oid, kind, hold, contained))
         if hold:
             self.known_ready.add(oid)
             self.known_values[oid] = (kind, (offset, size))
         return None
+
+    def write_arena(self, oid, sobj, size) -> int:
+        """Allocate a range for ``oid`` and write ``sobj`` into it (not
+        sealed yet); returns the range's offset."""
+        offset = self.allocate(oid, size)
+        view = self.arena.writable(offset, size)
+        try:
+            ser.write_to(sobj, view, self.arena.reserver(offset))
+        finally:
+            view.release()
+        return offset
 
     def allocate(self, oid, size) -> int:
         delay = 0.01

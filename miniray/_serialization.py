@@ -513,12 +513,15 @@ def to_bytes(s: SerializedObject) -> bytes:
     return b"".join(parts)
 
 
-def write_to(s: SerializedObject, dest) -> None:
+def write_to(s: SerializedObject, dest, prepare=None) -> None:
     """Write the layout into ``dest`` (writable, ``len >= encoded_size(s)``).
 
     Each buffer lands at a 64-byte-aligned offset from ``dest``'s start.
     Buffers of ``PARALLEL_COPY_MIN`` bytes or more are copied by several
-    threads (numpy.copyto releases the GIL)."""
+    threads (numpy.copyto releases the GIL).  ``prepare(offset, length)``,
+    if given, runs before each part of ``dest`` is first written, from the
+    thread that writes it: the store reserves fresh pages there, so page
+    allocation for one chunk overlaps the copy of another."""
     mv = dest if type(dest) is memoryview else memoryview(dest)
     if mv.format != "B" or mv.ndim != 1:
         mv = mv.cast("B")
@@ -530,17 +533,24 @@ def write_to(s: SerializedObject, dest) -> None:
     head = _header(s, offsets)
     meta = s.meta
     hlen = len(head)
-    mv[:hlen] = head
-    mv[hlen:hlen + len(meta)] = meta
     big = []
+    small = []
     for off, b in zip(offsets, s.buffers):
         n = b.nbytes
         if n >= PARALLEL_COPY_MIN:
             big.append((off, b))
         elif n:
-            mv[off:off + n] = b
+            small.append((off, b))
+    if prepare is not None:
+        prepare(0, hlen + len(meta))
+        for off, b in small:
+            prepare(off, b.nbytes)
+    mv[:hlen] = head
+    mv[hlen:hlen + len(meta)] = meta
+    for off, b in small:
+        mv[off:off + b.nbytes] = b
     if big:
-        _parallel_copy(mv, big)
+        _parallel_copy(mv, big, prepare)
 
 
 _pool = None
@@ -588,27 +598,46 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_pool_after_fork)
 
 
-def _parallel_copy(mv, big):
+PREPARED_CHUNK = 32 * 2**20
+
+
+def _parallel_copy(mv, big, prepare=None):
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a dependency
         for off, b in big:
+            if prepare is not None:
+                prepare(off, b.nbytes)
             mv[off:off + b.nbytes] = b
         return
     nthreads = _copy_threads()
     pool = _get_pool()
-    futures, mine = [], []
+    per_thread = [[] for _ in range(nthreads)]
     for off, b in big:
         n = b.nbytes
         dst = np.frombuffer(mv, np.uint8, n, off)
         src = np.frombuffer(b, np.uint8)
-        step = -(-n // nthreads)
-        step = (step + ALIGN - 1) & -ALIGN
-        chunks = [(dst[i:i + step], src[i:i + step]) for i in range(0, n, step)]
-        mine.append(chunks[0])
-        futures.extend(pool.submit(np.copyto, d, c) for d, c in chunks[1:])
-    for d, c in mine:
-        np.copyto(d, c)
+        if prepare is None:
+            # Contiguous shares: one copy call per thread.
+            step = -(-n // nthreads)
+            step = (step + ALIGN - 1) & -ALIGN
+            starts = range(0, n, step)
+        else:
+            # Interleaved chunks: while one thread reserves pages for its
+            # chunk, the others copy theirs.
+            step = PREPARED_CHUNK
+            starts = range(0, n, step)
+        for k, i in enumerate(starts):
+            per_thread[k % nthreads].append((off + i, dst[i:i + step], src[i:i + step]))
+
+    def run(chunks):
+        for at, d, c in chunks:
+            if prepare is not None:
+                prepare(at, d.nbytes)
+            np.copyto(d, c)
+
+    futures = [pool.submit(run, chunks) for chunks in per_thread[1:] if chunks]
+    run(per_thread[0])
     for f in futures:
         f.result()
 

@@ -269,12 +269,7 @@ class Worker:
             if size <= client.inline_threshold:
                 results.append((oid, VALUE, ser.to_bytes(sobj), sobj.contained_refs))
             else:
-                offset = client.allocate(oid, size)
-                view = client.arena.writable(offset, size)
-                try:
-                    ser.write_to(sobj, view)
-                finally:
-                    view.release()
+                client.write_arena(oid, sobj, size)
                 results.append((oid, VALUE, None, sobj.contained_refs))
         return results
 

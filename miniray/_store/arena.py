@@ -85,16 +85,26 @@ class Arena:
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self._mm)) if size else 0
 
     def writable(self, offset: int, size: int) -> memoryview:
-        """The range to fill before sealing.  Reserves the pages first so a
-        full /dev/shm is an error here, not a SIGBUS later."""
-        try:
-            os.posix_fallocate(self.fd, offset, size)
-        except OSError as exc:
-            from ..exceptions import ObjectStoreFullError
-            raise ObjectStoreFullError(
-                f"the shared-memory file system has no room for {size} bytes ({exc.strerror}); "
-                f"free space in /dev/shm or lower object_store_memory") from None
+        """The range to fill before sealing.  Each part must be passed to
+        ``reserver(offset)`` before it is written (see ``write_to``)."""
         return self._view[offset:offset + size]
+
+    def reserver(self, base: int):
+        """``prepare(offset, length)`` for ``write_to``: reserves the pages
+        of a part of the range at ``base``, so a full /dev/shm is an
+        ObjectStoreFullError here, not a SIGBUS while copying."""
+        fd = self.fd
+
+        def prepare(offset, length):
+            try:
+                os.posix_fallocate(fd, base + offset, length)
+            except OSError as exc:
+                from ..exceptions import ObjectStoreFullError
+                raise ObjectStoreFullError(
+                    f"the shared-memory file system has no room for {length} more bytes "
+                    f"({exc.strerror}); free space in /dev/shm or lower "
+                    f"object_store_memory") from None
+        return prepare
 
     def pinned_view(self, offset: int, size: int, release, key) -> memoryview:
         """A read-only view of the range; ``release(key)`` runs once no view
