@@ -2,8 +2,12 @@
 
 * memcpy of 1 GiB (numpy.copyto, which releases the GIL, on 1 or 2 slices
   in 1 or 2 threads) into a /dev/shm file mapping that is pre-faulted (every
-  page written before the timed copy) or fresh (just ftruncate'd: the copy
-  pays the tmpfs page faults and zeroing), and into fresh private memory;
+  page written before the timed copy), fresh (just ftruncate'd: the copy
+  pays the tmpfs page allocation, zeroing and mapping faults) or
+  fallocate'd (pages allocated, not yet mapped: the copy pays minor faults),
+  and into fresh private memory (np.empty);
+* the rate at which a fresh /dev/shm GiB can be allocated and mapped ahead
+  of use (MADV_POPULATE_WRITE), what pre-faulting an arena costs;
 * a 1-byte pipe round trip between two Python processes;
 * the time to spawn a Python process (bare, and one that imports numpy).
 
@@ -26,13 +30,33 @@ from .common import GiB, now
 SHM_DIR = "/dev/shm"
 
 
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
+
+
 class _ShmArray:
-    def __init__(self, size, prefault):
+    """A /dev/shm file of `size` bytes, mapped and viewed as uint8.
+    prefault: write every page (timed copies then pay no fault at all);
+    fallocate: allocate the file's pages first (copies pay minor faults only);
+    populate: allocate and map every page with MADV_POPULATE_WRITE (or
+    MAP_POPULATE), timing it in self.populate_s."""
+
+    def __init__(self, size, prefault=False, fallocate=False, populate=False):
         self.path = os.path.join(SHM_DIR, f"miniray-bench-limits-{os.getpid()}-{id(self)}")
+        self.populate_s = None
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
             os.ftruncate(fd, size)
+            if fallocate:
+                os.posix_fallocate(fd, 0, size)
+            t0 = now()
             self.mm = mmap.mmap(fd, size)
+            if populate:
+                try:
+                    self.mm.madvise(MADV_POPULATE_WRITE)
+                except OSError:
+                    self.mm.close()
+                    self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+                self.populate_s = now() - t0
         finally:
             os.close(fd)
         self.a = np.frombuffer(self.mm, dtype=np.uint8)
@@ -87,6 +111,23 @@ def memcpy(quick=False):
             finally:
                 dst.close()
         out[f"memcpy_fresh_{nt}t_gbps"] = n / min(ts) / 1e9
+    for nt in (1, 2):
+        ts = []
+        for _ in range(2 if quick else reps):
+            dst = _ShmArray(n, fallocate=True)
+            try:
+                t0 = now()
+                _copy(dst.a, src, nt)
+                ts.append(now() - t0)
+            finally:
+                dst.close()
+        out[f"memcpy_fallocated_{nt}t_gbps"] = n / min(ts) / 1e9
+    ts = []
+    for _ in range(2):
+        dst = _ShmArray(n, populate=True)
+        ts.append(dst.populate_s)
+        dst.close()
+    out["shm_populate_gbps"] = n / min(ts) / 1e9
     ts = []
     for _ in range(2 if quick else reps):
         dst = np.empty(n, dtype=np.uint8)

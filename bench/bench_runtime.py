@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .common import (GiB, MiB, PSSSampler, Runtime, init_kwargs, median, now,
+from .common import (GiB, PSSSampler, Runtime, init_kwargs, median, now,
                      pss_total_mb, runtime_procs, track, wait_gone, warmup,
                      memory_totals)
 
@@ -232,7 +232,6 @@ def bench_actors(ray, quick=False):
         assert sum(done) == per_a * n_pairs
         out["actor_sync_nton_per_s"] = per * n_pairs / (t1 - t0)
         out["actor_async_nton_per_s"] = per_a * n_pairs / (t2 - t1)
-        del a, servers
         return out
 
 

@@ -60,6 +60,8 @@ BOUNDS = [
      "a sync actor call needs at least one process round trip"),
     ("put_1gib_first_gbps", "memcpy_fresh_2t_gbps", "same",
      "one copy into fresh shared memory, 2 threads"),
+    ("put_1gib_first_gbps", "memcpy_prefaulted_2t_gbps", "same",
+     "one copy into shared memory pre-faulted ahead, 2 threads"),
     ("put_1gib_repeat_gbps", "memcpy_prefaulted_2t_gbps", "same",
      "one copy into pre-faulted shared memory, 2 threads"),
     ("arg200_ref_s", "memcpy_fresh_2t_gbps", "time_copy200",
@@ -114,6 +116,8 @@ def markdown(data, heading=True):
              f"miniray {meta.get('init_kwargs', {}).get('miniray')}")
     for b, why in skipped.items():
         L.append(f"- **{b} skipped**: {why}")
+    if "miniray" not in meta.get("backends", []):
+        L.append("- miniray: not in this run's --backends (pending)")
     L.append("- ratio = how many times better miniray is than Ray (>1 = miniray better: "
              "miniray/Ray for rates, Ray/miniray for times and memory)")
     L.append("")
@@ -194,7 +198,8 @@ def chart(data, path):
 
     mets = data["metrics"]
     rows = [(n, m) for n, m in METRICS.items()
-            if m["bench"] != "limits" and n in mets and mets[n].get("ratio")]
+            if m["bench"] != "limits" and n in mets
+            and any(v is not None for v in (mets[n].get("ratio") or {}).values())]
     fig_h = max(3.0, 0.38 * len(rows) + 1.5)
     fig, ax = plt.subplots(figsize=(10, fig_h))
     if not rows:

@@ -258,7 +258,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5, --quick 2)")
     ap.add_argument("--only", default=None,
                     help="comma list of benchmarks: " + ",".join(BENCHES))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"),
+                    help="results directory (default bench/results)")
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per subprocess")
     ap.add_argument("--render", action="store_true",
                     help="only re-render latest.md/ratios.png from OUT/latest.json")

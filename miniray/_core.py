@@ -34,9 +34,9 @@ from ._store.arena import Arena
 from ._transport import connect_client
 from .exceptions import (NodeDiedError, ObjectStoreFullError, RayTaskError, GetTimeoutError)
 
-M = P.Msg
+M = P.M
 _encode = P.encode
-VALUE, ERROR = P.Kind.VALUE, P.Kind.ERROR
+VALUE, ERROR = P.K.VALUE, P.K.ERROR
 INCREF, DECREF, UNPIN = 1, 2, 3
 LATER_LIMIT = 256 * 1024      # flush queued submits beyond this many bytes
 LATER_DELAY_MS = 2            # longest a queued submit waits for a flush

@@ -42,7 +42,7 @@ from ._store.arena import create_arena_file
 from ._transport import MAGIC, NONCE_LEN, DIGEST_LEN, digest, listen
 from .exceptions import ObjectLostError, ObjectStoreFullError
 
-M = P.Msg
+M = P.M
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 RECV_SIZE = 1 << 20
@@ -689,7 +689,7 @@ class Node:
 
     def release_entry(self, e) -> None:
         if e.holders <= 0 and e.pins <= 0:
-            if e.kind == P.Kind.ACTOR_HANDLE:
+            if e.kind == P.K.ACTOR_HANDLE:
                 self.actors.handles_gone(e)
             self.table.release_if_unused(e)
 
@@ -711,7 +711,7 @@ class Node:
             conn.send((M.REPLY, rid, False, exc))
 
     def _query(self, what, arg):
-        Q = P.Query
+        Q = P.Q
         if what == Q.CLUSTER_RESOURCES:
             return dict(self.resources.total)
         if what == Q.AVAILABLE_RESOURCES:

@@ -28,7 +28,7 @@ from ._scheduler import format_resources
 from ._serialization import dumps, read_from
 from .exceptions import ActorDiedError, ActorUnschedulableError, TaskCancelledError
 
-M = P.Msg
+M = P.M
 
 
 class _Opaque:
@@ -140,7 +140,7 @@ class ActorManager:
         if name:
             self.named[key] = aid
         e = node.table.get_or_create(aid)
-        e.kind = P.Kind.ACTOR_HANDLE
+        e.kind = P.K.ACTOR_HANDLE
         e.state = READY
         if aid not in conn.held:
             conn.held.add(aid)
@@ -269,6 +269,11 @@ class ActorManager:
         if a is None or a.state == "dead" or a.detached:
             return
         a.exiting = True
+        key = (a.namespace, a.name)
+        if a.name and self.named.get(key) == a.aid:
+            # It only drains its last calls now: get_actor must not hand it
+            # out, and get_if_exists=True must make a new one.
+            del self.named[key]
         if not a.queue and not a.inflight:
             self._exit_gracefully(a)
 
@@ -412,7 +417,7 @@ class ActorManager:
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, what, arg):
-        Q = P.Query
+        Q = P.Q
         if what == Q.GET_ACTOR:
             name, namespace = arg
             a = self.actors.get(self.named.get((namespace, name)))

@@ -23,8 +23,8 @@ from ._serialization import dumps
 from .exceptions import (TaskCancelledError, TaskUnschedulableError, WorkerCrashedError,
                          ObjectLostError)
 
-M = P.Msg
-ERROR = P.Kind.ERROR
+M = P.M
+ERROR = P.K.ERROR
 
 
 class Task:

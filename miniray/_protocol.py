@@ -44,7 +44,7 @@ import enum
 import pickle
 import struct
 
-__all__ = ["Msg", "RefOp", "Kind", "Query", "encode", "FrameReader", "HEADER"]
+__all__ = ["Msg", "RefOp", "Kind", "Query", "M", "K", "Q", "encode", "FrameReader", "HEADER"]
 
 HEADER = struct.Struct("<I")
 _pack_len = HEADER.pack
@@ -103,6 +103,18 @@ class Query(enum.IntEnum):
     LIST_NAMED_ACTORS = 5
     STATS = 6
     OBJECT_INFO = 7
+
+
+def _as_ints(enum_cls):
+    """The members as plain ints, for the wire: an IntEnum member pickles by
+    reference and costs a global lookup on every load.  ``Msg(tag)`` turns a
+    received int back into its member for messages and debugging."""
+    return type(f"{enum_cls.__name__}Ints", (), {m.name: int(m) for m in enum_cls})
+
+
+M = _as_ints(Msg)
+K = _as_ints(Kind)
+Q = _as_ints(Query)
 
 
 def encode(msg: tuple) -> bytes:

@@ -18,7 +18,7 @@ import time
 
 from . import _serialization as ser
 from ._core import CoreClient
-from ._protocol import Msg
+from ._protocol import M
 from ._ids import ObjectRef, new_task_id, object_id_for
 from .exceptions import RaySystemError, RuntimeNotInitializedError, SerializationError
 
@@ -180,7 +180,7 @@ def stop(rt: Runtime) -> None:
     proc = rt.node_proc
     if proc is not None:
         try:
-            client.send((Msg.SHUTDOWN,))
+            client.send((M.SHUTDOWN,))
         except Exception:
             pass
     client.close()

@@ -116,7 +116,7 @@ def connect_client(address: str, token: bytes, hello: tuple, *, timeout: float =
         reader = P.FrameReader()
         msgs = reader.feed(buf)
         welcome = msgs[0]
-        if welcome[0] != P.Msg.WELCOME:
+        if welcome[0] != P.M.WELCOME:
             raise RaySystemError(f"unexpected first message from node: {welcome[0]}")
         sock.settimeout(None)
         return sock, welcome[1], fds, msgs[1:], reader

@@ -28,8 +28,8 @@ from . import _serialization as ser
 from . import _task_spec as S
 from .exceptions import RayTaskError, TaskCancelledError, SerializationError
 
-M = P.Msg
-VALUE, ERROR = P.Kind.VALUE, P.Kind.ERROR
+M = P.M
+VALUE, ERROR = P.K.VALUE, P.K.ERROR
 
 
 class _PrefixedStream:

@@ -14,12 +14,12 @@ import inspect
 from . import _runtime
 from ._ids import ObjectRef, new_task_id, object_id_for
 from ._options import (actor_shape, validate_actor_options, validate_method_options)
-from ._protocol import Msg
+from ._protocol import M
 from .remote_function import function_blob, _Signature
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method"]
 
-ACTOR_CALL = Msg.ACTOR_CALL
+ACTOR_CALL = M.ACTOR_CALL
 _local_classes: dict = {}   # class key -> class, for argument checks in this process
 
 
@@ -111,7 +111,7 @@ class ActorClass:
                      "max_restarts": _forever(opts.get("max_restarts") or 0),
                      "max_task_retries": _forever(max_task_retries), "meta": meta}
         client.check_serializers()
-        ok, payload = client.request(lambda rid: (Msg.ACTOR_CREATE, rid, spec, node_opts))
+        ok, payload = client.request(lambda rid: (M.ACTOR_CREATE, rid, spec, node_opts))
         if not ok:
             raise payload
         got_aid, got_meta, created = payload

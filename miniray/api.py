@@ -9,7 +9,7 @@ import threading
 from . import _runtime
 from . import _serialization as ser
 from ._ids import ObjectRef, new_task_id, object_id_for
-from ._protocol import Msg, Query
+from ._protocol import M, Q as Query
 from .actor import ActorClass, ActorHandle, method
 from .remote_function import RemoteFunction
 
@@ -204,7 +204,7 @@ def kill(actor, *, no_restart=True):
         raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}; "
                         f"to stop a task use miniray.cancel(ref)")
     rt = _runtime.current()
-    rt.client.send((Msg.ACTOR_KILL, actor._actor_id, bool(no_restart)))
+    rt.client.send((M.ACTOR_KILL, actor._actor_id, bool(no_restart)))
 
 
 def cancel(object_ref, *, force=False, recursive=True):
@@ -214,7 +214,7 @@ def cancel(object_ref, *, force=False, recursive=True):
     if type(object_ref) is not ObjectRef:
         raise TypeError(f"cancel() takes an ObjectRef, got {type(object_ref).__name__}")
     rt = _runtime.current()
-    rt.client.send((Msg.CANCEL, object_ref._id, bool(force)))
+    rt.client.send((M.CANCEL, object_ref._id, bool(force)))
 
 
 def get_actor(name, namespace=None):

@@ -103,7 +103,7 @@ def _cmd_status(args) -> int:
         print("no miniray node is running")
         return 1
     from ._core import CoreClient
-    from ._protocol import Query
+    from ._protocol import Q as Query
     client = CoreClient(info["address"], bytes.fromhex(info["token"]), "driver")
     try:
         total = client.query(Query.CLUSTER_RESOURCES)

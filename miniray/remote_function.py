@@ -8,12 +8,12 @@ from . import _runtime
 from . import _serialization as ser
 from ._ids import ObjectRef, new_task_id
 from ._options import task_shape, validate_task_options
-from ._protocol import Msg
+from ._protocol import M
 
 __all__ = ["RemoteFunction"]
 
 DEFAULT_MAX_RETRIES = 3
-SUBMIT = Msg.SUBMIT
+SUBMIT = M.SUBMIT
 
 
 def function_blob(fn, what):

@@ -444,6 +444,21 @@ def test_name_conflict_and_unknown_name_errors(ray_start):
     del d
 
 
+@pytest.mark.timeout(60)
+def test_name_of_an_actor_whose_handles_are_gone_is_free(ray_start):
+    s = Sleeper.options(name="draining").remote()
+    pid = miniray.get(s.pid.remote())
+    last = s.sleep.remote(0.5)
+    del s
+    gc.collect()
+    # It finishes `last`, but it is on its way out: not found by name any more.
+    wait_for(lambda: _name_free("draining"), what="the name to be released")
+    fresh = Sleeper.options(name="draining", get_if_exists=True).remote()
+    assert miniray.get(fresh.pid.remote()) != pid
+    assert miniray.get(last, timeout=30) == 0.5
+    wait_for(lambda: pid_gone(pid), what="the old actor to exit")
+
+
 def _name_free(name):
     try:
         miniray.get_actor(name)
@@ -623,11 +638,11 @@ def test_cancel_a_running_and_a_waiting_async_call(ray_start, tmp_path):
     wait_for(lambda: os.path.exists(marker), what="the first call to start")
     miniray.cancel(waiting)
     with pytest.raises(TaskCancelledError):
-        miniray.get(waiting, timeout=30)
+        miniray.get(waiting, timeout=15)
     miniray.cancel(running)
     with pytest.raises(TaskCancelledError):
-        miniray.get(running, timeout=30)
-    assert miniray.get(a.sleep.remote(0), timeout=30) == 0
+        miniray.get(running, timeout=15)
+    assert miniray.get(a.sleep.remote(0), timeout=15) == 0
 
 
 # -- num_returns ---------------------------------------------------------------------------------
@@ -959,33 +974,42 @@ def test_detached_actor_survives_its_handles_in_the_same_driver(ray_start):
 
 
 @pytest.fixture
-def standalone_node():
-    """A node daemon no driver owns (what ``miniray start`` will run):
-    yields (address, token hex).  Stopped and checked at the end."""
+def standalone_node(tmp_path):
+    """A node no driver owns, started with ``miniray start --head``; yields
+    the environment that lets drivers join it with ``init(address="auto")``.
+    Stopped with ``miniray stop`` and checked at the end."""
+    import json
+    import subprocess
+    import sys
+    env = dict(os.environ, MINIRAY_CLUSTER_DIR=str(tmp_path))
 
-    from miniray import _runtime
-    address, token, proc, _ = _runtime.start_node(2, None, 64 * 2**20, owner=False)
-    yield address, token.hex()
-    node = psutil.Process(proc.pid)
-    pids = {proc.pid} | {p.pid for p in node.children(recursive=True)}
-    rt = _runtime.connect_driver(address, token, node_proc=proc)
-    _runtime.set_current(None)
-    _runtime.stop(rt)
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "miniray.cli", *args], capture_output=True,
+                             text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+    cli("start", "--head", "--num-cpus", "2", "--object-store-memory", str(64 * 2**20))
+    node_pid = json.loads((tmp_path / "cluster.json").read_text())["pid"]
+    yield env
+    pids = {node_pid}
+    try:
+        pids |= {p.pid for p in psutil.Process(node_pid).children(recursive=True)}
+    except psutil.Error:
+        pass
+    cli("stop")
     assert_clean(pids)
 
 
 @pytest.mark.timeout(90)
 def test_detached_actor_outlives_its_driver(standalone_node):
-    address, token = standalone_node
-    env = {"MINIRAY_TOKEN": token}
-    first = run_driver(f"""
+    env = standalone_node
+    first = run_driver("""
         import os, miniray
-        miniray.init(address={address!r}, namespace="jobs")
+        miniray.init(address="auto", namespace="jobs")
 
         @miniray.remote
         class Store:
             def __init__(self):
-                self.items = {{}}
+                self.items = {}
             def put(self, k, v):
                 self.items[k] = v
                 return len(self.items)
@@ -1007,9 +1031,9 @@ def test_detached_actor_outlives_its_driver(standalone_node):
     wait_for(lambda: pid_gone(temp_pid), what="the driver's non-detached actor to exit")
     assert not pid_gone(pid)
 
-    second = run_driver(f"""
+    second = run_driver("""
         import miniray
-        miniray.init(address={address!r}, namespace="jobs")
+        miniray.init(address="auto", namespace="jobs")
         s = miniray.get_actor("store")
         assert miniray.get(s.get.remote("answer")) == 42
         try:
@@ -1121,3 +1145,17 @@ def test_actor_pool_error_is_raised_by_get_next(ray_start):
     with pytest.raises(AppError):
         pool.get_next()
     assert pool.get_next() == 3
+
+
+# -- the example ----------------------------------------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_example_actor_state_runs():
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, os.path.join(root, "examples", "actor_state.py")],
+                          capture_output=True, text=True, timeout=80, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert "report: {'apples': 5, 'pears': 7}" in proc.stdout
+    assert "sqlite3.Connection" in proc.stdout and "arg 'items'" in proc.stdout
