@@ -47,6 +47,8 @@ EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 RECV_SIZE = 1 << 20
 HUGE_PAGE = 2 * 2**20
+IDLE_CHECK_S = 2.0      # how often extra idle workers are looked at
+IDLE_EXIT_S = 10.0      # how long an extra worker may stay idle
 
 
 def log(msg: str) -> None:
@@ -115,7 +117,7 @@ class Waiter:
 
 class Worker:
     __slots__ = ("wid", "proc", "pid", "pidfd", "conn", "state", "task", "fn_keys",
-                 "blocked", "actor", "started", "exit_desc")
+                 "blocked", "actor", "started", "exit_desc", "idle_since")
 
     def __init__(self, wid, proc):
         self.wid = wid
@@ -130,6 +132,7 @@ class Worker:
         self.actor = None
         self.started = time.monotonic()
         self.exit_desc = None
+        self.idle_since = self.started
 
 
 class Prefault:
@@ -249,6 +252,7 @@ class Node:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
         self.prefault.start()
+        self.add_timer(IDLE_CHECK_S, self._reap_idle_workers)
         sel = self.sel
         while not self.stopping:
             timeout = None
@@ -270,6 +274,20 @@ class Node:
                         fn()
             self._flush()
         self._stop_everything()
+
+    def _reap_idle_workers(self) -> None:
+        """Workers started for a burst (or while others were blocked in
+        get) exit after IDLE_EXIT_S idle; the pool keeps num_cpus."""
+        self.add_timer(IDLE_CHECK_S, self._reap_idle_workers)
+        extra = self.pool_count() - self.pool_size
+        if extra <= 0 or not self.idle:
+            return
+        now = time.monotonic()
+        for w in sorted(self.idle, key=lambda w: w.idle_since)[:extra]:
+            if now - w.idle_since >= IDLE_EXIT_S and w.conn is not None:
+                self.idle.remove(w)
+                w.state = "exiting"
+                w.conn.send((M.EXIT, "idle"))
 
     def add_timer(self, delay: float, fn) -> None:
         self.timers.append((time.monotonic() + delay, fn))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from . import _protocol as P
 from . import _task_spec as S
@@ -234,6 +235,7 @@ class TaskManager:
         t.worker = None
         if w.state != "dead":
             w.state = "idle"
+            w.idle_since = time.monotonic()
             node.idle.append(w)
         node.schedule_needed = True
 
