@@ -220,6 +220,17 @@ class TaskManager:
                 self.node.ready.push_front(t.shape, t)
                 self.node.schedule_needed = True
                 return
+        if t.actor is not None and retryable and t.retries_left > 0 and not t.cancelled:
+            # An actor method that raised a retryable exception runs again,
+            # after whatever calls the actor already received.
+            a = t.actor
+            a.inflight.pop(tid, None)
+            t.retries_left -= 1
+            t.state = "ready"
+            t.worker = None
+            a.queue.appendleft(t)
+            self.node.actors.pump(a)
+            return
         self.seal_results(t, results, conn)
         if t.actor is not None:
             self.node.actors.call_done(t)

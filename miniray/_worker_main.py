@@ -93,6 +93,7 @@ class Worker:
         self.main_ident = threading.get_ident()
         self.pool = None
         self.loop = None
+        self._async_tasks = {}      # task id -> asyncio.Task (async actors)
         self.runtime = _runtime.connect_worker(self.state, self.on_push)
         self.client = self.runtime.client
         signal.signal(signal.SIGINT, self._on_sigint)
@@ -106,7 +107,10 @@ class Worker:
             tid = msg[1]
             st = self.state
             st.cancelled.add(tid)
-            if st.current_tid == tid:
+            if self.loop is not None:
+                # An async actor's call: cancel its asyncio task.
+                self.loop.call_soon_threadsafe(self._cancel_async, tid)
+            elif st.current_tid == tid:
                 st.cancel_tid = tid
                 signal.pthread_kill(self.main_ident, signal.SIGINT)
             return
@@ -182,6 +186,10 @@ class Worker:
         try:
             if tid in st.cancelled:
                 raise TaskCancelledError(tid.hex())
+            if spec[S.ACTOR_ID] is None:
+                # A pooled worker runs each task in its job's namespace.
+                extra = spec[S.EXTRA]
+                self.runtime.namespace = extra.get("namespace") if extra else None
             args_list, kwargs = self.resolve_args(spec, deps, args)
             if spec[S.METHOD] == "__init__":
                 self.construct_actor(spec, args_list, kwargs)
@@ -230,6 +238,7 @@ class Worker:
         st.actor_id = spec[S.ACTOR_ID]
         st.actor_name = spec[S.NAME]
         extra = spec[S.EXTRA] or {}
+        self.runtime.namespace = extra.get("namespace")
         if extra.get("is_async"):
             self._start_loop()
         st.instance = cls(*args, **kwargs)
@@ -312,12 +321,23 @@ class Worker:
         loop = self.loop
         concurrency = getattr(self, "concurrency", 1000)
         if not hasattr(self, "_sem"):
-            self._sem = asyncio.Semaphore(concurrency if concurrency > 1 else 1000)
+            self._sem = asyncio.Semaphore(concurrency)
+        tid = spec[S.TASK_ID]
 
         async def run_call():
-            async with self._sem:
-                await self._run_async_call(spec, deps, args)
-        loop.create_task(run_call())
+            try:
+                async with self._sem:
+                    await self._run_async_call(spec, deps, args)
+            except asyncio.CancelledError:      # cancelled while waiting for a slot
+                self.finish(tid, self.error_results(spec, TaskCancelledError(tid.hex())), False)
+            finally:
+                self._async_tasks.pop(tid, None)
+        self._async_tasks[tid] = loop.create_task(run_call())
+
+    def _cancel_async(self, tid):
+        task = self._async_tasks.get(tid)
+        if task is not None:
+            task.cancel()
 
     async def _run_async_call(self, spec, deps, args):
         st = self.state
@@ -325,6 +345,8 @@ class Worker:
         tid = spec[S.TASK_ID]
         retryable = False
         try:
+            if tid in st.cancelled:
+                raise TaskCancelledError(tid.hex())
             args_list, kwargs = self.resolve_args(spec, deps, args)
             fn = self.target(spec)
             value = fn(*args_list, **kwargs)
@@ -333,7 +355,7 @@ class Worker:
             results = self.pack_results(spec, value)
         except BaseException as exc:
             import asyncio
-            if isinstance(exc, asyncio.CancelledError):
+            if isinstance(exc, (asyncio.CancelledError, TaskCancelledError)):
                 exc = TaskCancelledError(tid.hex())
                 results = self.error_results(spec, exc)
             else:

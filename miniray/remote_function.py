@@ -106,8 +106,9 @@ class RemoteFunction:
         if isinstance(retry_exc, list):
             retry_exc = tuple(retry_exc)
         tid = new_task_id()
+        extra = None if rt.namespace is None else {"namespace": rt.namespace}
         spec = (tid, self._key, self._name, payload, args_oid, deps, n, task_shape(opts),
-                retries, retry_exc, pins, None, None, None)
+                retries, retry_exc, pins, None, None, extra)
         client.send_later((SUBMIT, spec))
         if n == 1:
             return ObjectRef(tid + b"\x00\x00", _owned=True)

@@ -1159,3 +1159,20 @@ def test_example_actor_state_runs():
     assert proc.returncode == 0, proc.stderr
     assert "report: {'apples': 5, 'pears': 7}" in proc.stdout
     assert "sqlite3.Connection" in proc.stdout and "arg 'items'" in proc.stdout
+
+
+def test_actor_method_retry_exceptions(ray_start):
+    @miniray.remote
+    class Flaky:
+        def __init__(self):
+            self.calls = 0
+
+        @miniray.method(retry_exceptions=True, max_task_retries=2)
+        def work(self):
+            self.calls += 1
+            if self.calls < 3:
+                raise ValueError(f"attempt {self.calls}")
+            return self.calls
+
+    f = Flaky.remote()
+    assert miniray.get(f.work.remote(), timeout=30) == 3
