@@ -29,16 +29,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 from . import _protocol as P
-from . import _task_spec as S
 from ._node_actors import ActorManager
 from ._node_tasks import TaskManager
 from ._object_table import ObjectTable, READY, CREATING
 from ._scheduler import ResourcePool, ReadyQueues
-from ._store.arena import create_arena_file
+from ._store.arena import Prefault, create_arena_file
 from ._transport import MAGIC, NONCE_LEN, DIGEST_LEN, digest, listen
 from .exceptions import ObjectLostError, ObjectStoreFullError
 
@@ -47,6 +45,7 @@ EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 RECV_SIZE = 1 << 20
 HUGE_PAGE = 2 * 2**20
+LARGE_WRITE = 8 * 2**20  # an ALLOC this large pauses the prefault
 IDLE_CHECK_S = 2.0      # how often extra idle workers are looked at
 IDLE_EXIT_S = 10.0      # how long an extra worker may stay idle
 
@@ -133,46 +132,6 @@ class Worker:
         self.started = time.monotonic()
         self.exit_desc = None
         self.idle_since = self.started
-
-
-class Prefault:
-    """Reserves the first ``nbytes`` of the arena in the background.
-
-    Allocating tmpfs pages (zeroing them) is most of the cost of a first
-    large put; doing it here, at the lowest CPU priority, after the node is
-    up, makes a first put cost only the page mapping.  The pages are not
-    mapped by anyone, so they count in no process's RSS.
-    """
-
-    CHUNK = 64 * 2**20
-
-    def __init__(self, fd: int, nbytes: int):
-        self.fd = fd
-        self.nbytes = nbytes
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="miniray-prefault", daemon=True)
-
-    def start(self) -> None:
-        if self.nbytes > 0:
-            self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (OSError, AttributeError):
-            pass
-        for off in range(0, self.nbytes, self.CHUNK):
-            if self.stopping.is_set():
-                return
-            try:
-                os.posix_fallocate(self.fd, off, min(self.CHUNK, self.nbytes - off))
-            except OSError:
-                return       # no room: the store reports it when it is used
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self.thread.is_alive():
-            self.thread.join()
 
 
 def describe_exit(status: int) -> str:
@@ -532,13 +491,19 @@ class Node:
 
     def on_alloc(self, conn, msg) -> None:
         _, rid, oid, size = msg
+        table = self.table
+        # Pages below this were reserved before: by the prefault, or by the
+        # writer of an earlier object (ranges are reused, never punched out).
+        reserved = max(table.high_water, self.prefault.done_upto)
         try:
-            e = self.table.allocate(oid, size)
+            e = table.allocate(oid, size)
         except ObjectStoreFullError as exc:
             conn.send((M.REPLY, rid, False, ObjectStoreFullError(str(exc))))
             return
+        if size >= LARGE_WRITE:
+            self.prefault.pause()
         conn.unsealed.add(oid)
-        conn.send((M.REPLY, rid, True, e.offset))
+        conn.send((M.REPLY, rid, True, (e.offset, max(0, reserved - e.offset))))
 
     def on_seal(self, conn, msg) -> None:
         _, oid, kind, hold, contained = msg

@@ -24,8 +24,7 @@ from collections import deque
 from . import _protocol as P
 from . import _task_spec as S
 from ._object_table import READY
-from ._scheduler import format_resources
-from ._serialization import dumps, read_from
+from ._serialization import read_from
 from .exceptions import ActorDiedError, ActorUnschedulableError, TaskCancelledError
 
 M = P.M
@@ -157,13 +156,11 @@ class ActorManager:
         a.queue.append(t)
         node.tasks.start(t)
         conn.send((M.REPLY, rid, True, (aid, a.meta, True)))
-        if not node.resources.fits_ever(a.shape):
-            missing = node.resources.missing(a.shape)
+        why = node.resources.never_fits(a.shape)
+        if why:
             self._die(a, ActorUnschedulableError(
-                f"{a.describe()} asks for {format_resources(a.shape)} but this node has only "
-                f"{format_resources(node.resources.total)} (missing "
-                f"{format_resources(missing)}): it can never start. Lower num_cpus/resources "
-                f"in .options(...) or start the node with more resources.", actor_id=aid))
+                f"{a.describe()} {why}: it can never start. Lower num_cpus/resources in "
+                f".options(...) or start the node with more resources.", actor_id=aid))
             return
         self.placing.append(a)
         node.schedule_needed = True

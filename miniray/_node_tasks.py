@@ -19,7 +19,6 @@ import time
 from . import _protocol as P
 from . import _task_spec as S
 from ._object_table import READY
-from ._scheduler import format_resources
 from ._serialization import dumps
 from .exceptions import (TaskCancelledError, TaskUnschedulableError, WorkerCrashedError,
                          ObjectLostError)
@@ -119,12 +118,10 @@ class TaskManager:
             self.node.actors.pump(t.actor)
             return
         node = self.node
-        if not node.resources.fits_ever(t.shape):
-            missing = node.resources.missing(t.shape)
+        why = node.resources.never_fits(t.shape)
+        if why:
             self.fail(t, TaskUnschedulableError(
-                f"task '{t.spec[S.NAME]}' asks for {format_resources(t.shape)} but this node "
-                f"has only {format_resources(node.resources.total)}: it can never run "
-                f"(missing {format_resources(missing)}). Lower the request in "
+                f"task '{t.spec[S.NAME]}' {why}: it can never run. Lower the request in "
                 f"@remote(...)/.options(...), or start the node with more resources "
                 f"(init(num_cpus=..., resources={{...}}))."))
             return

@@ -55,6 +55,7 @@ class ObjectTable:
         self.entries: dict[bytes, Entry] = {}
         self.alloc = Allocator(capacity)
         self.inline_bytes = 0
+        self.high_water = 0      # end of the highest range ever handed out
 
     # -- creation -----------------------------------------------------------
     def get_or_create(self, oid) -> Entry:
@@ -68,6 +69,7 @@ class ObjectTable:
         offset = self.alloc.allocate(size)
         if offset is None:
             raise ObjectStoreFullError(self.full_message(size))
+        self.high_water = max(self.high_water, offset + size)
         e = self.get_or_create(oid)
         if e.offset >= 0 and e.state != READY:
             # A retried task writes its result again: drop the old range.

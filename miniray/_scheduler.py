@@ -38,6 +38,13 @@ class ResourcePool:
         """What the node lacks, forever, for this request."""
         return {k: v for k, v in shape if self.total.get(k, 0.0) + _EPS < v}
 
+    def never_fits(self, shape: tuple):
+        """Why ``shape`` can never run on this node, or None if it can."""
+        if self.fits_ever(shape):
+            return None
+        return (f"asks for {format_resources(shape)} but this node has only "
+                f"{format_resources(self.total)} (missing {format_resources(self.missing(shape))})")
+
     def fits_now(self, shape: tuple) -> bool:
         avail = self.available
         return all(avail.get(k, 0.0) + _EPS >= v for k, v in shape)

@@ -17,8 +17,10 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
+import time
 
-__all__ = ["Arena", "create_arena_file"]
+__all__ = ["Arena", "Prefault", "create_arena_file"]
 
 SHM_DIR = "/dev/shm"
 
@@ -89,13 +91,17 @@ class Arena:
         ``reserver(offset)`` before it is written (see ``write_to``)."""
         return self._view[offset:offset + size]
 
-    def reserver(self, base: int):
+    def reserver(self, base: int, fresh_from: int = 0):
         """``prepare(offset, length)`` for ``write_to``: reserves the pages
         of a part of the range at ``base``, so a full /dev/shm is an
-        ObjectStoreFullError here, not a SIGBUS while copying."""
+        ObjectStoreFullError here, not a SIGBUS while copying.  Parts below
+        ``fresh_from`` were reserved before (by the node's prefault or an
+        earlier object) and are skipped."""
         fd = self.fd
 
         def prepare(offset, length):
+            if offset + length <= fresh_from:
+                return
             try:
                 os.posix_fallocate(fd, base + offset, length)
             except OSError as exc:
@@ -121,3 +127,59 @@ class Arena:
             os.close(self.fd)
         except OSError:
             pass
+
+
+class Prefault:
+    """Reserves the first ``nbytes`` of the arena in the background.
+
+    Allocating tmpfs pages (zeroing them) is most of the cost of a first
+    large put; doing it here, at the lowest CPU priority, after the node is
+    up, makes a first put cost only the page mapping.  The pages are not
+    mapped by anyone, so they count in no process's RSS.
+    """
+
+    CHUNK = 16 * 2**20
+    PAUSE_S = 0.5       # how long a large write keeps the prefault off its back
+
+    def __init__(self, fd: int, nbytes: int):
+        self.fd = fd
+        self.nbytes = nbytes
+        self.done_upto = 0          # bytes [0, done_upto) are reserved
+        self.paused_until = 0.0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="miniray-prefault", daemon=True)
+
+    def start(self) -> None:
+        if self.nbytes > 0:
+            self.thread.start()
+
+    def pause(self) -> None:
+        """A large write is starting: reserving pages here at the same time
+        would contend with the writer for the file's lock (and at nice 19,
+        hold it up)."""
+        self.paused_until = time.monotonic() + self.PAUSE_S
+
+    def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (OSError, AttributeError):
+            pass
+        for off in range(0, self.nbytes, self.CHUNK):
+            while True:
+                wait = self.paused_until - time.monotonic()
+                if wait <= 0:
+                    break
+                if self.stopping.wait(wait):
+                    return
+            if self.stopping.is_set():
+                return
+            try:
+                os.posix_fallocate(self.fd, off, min(self.CHUNK, self.nbytes - off))
+            except OSError:
+                return       # no room: the store reports it when it is used
+            self.done_upto = min(self.nbytes, off + self.CHUNK)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join()

@@ -12,7 +12,6 @@ import gc
 import os
 import signal
 import socket
-import tempfile
 import threading
 import time
 
