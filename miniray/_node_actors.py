@@ -283,7 +283,8 @@ class ActorManager:
             w.conn.send((M.EXIT, "actor out of scope"))
 
     def on_kill(self, conn, msg) -> None:
-        _, aid, no_restart = msg
+        aid, no_restart = msg[1], msg[2]
+        reason = msg[3] if len(msg) > 3 else None
         a = self.actors.get(aid)
         if a is None or a.state == "dead":
             return
@@ -291,9 +292,11 @@ class ActorManager:
             a.restarts_left = 0
             w = a.worker
             self._die(a, ActorDiedError(
-                f"{a.describe()} was killed by miniray.kill(); calls to it cannot run.",
+                reason or f"{a.describe()} was killed by miniray.kill(); calls to it cannot run.",
                 actor_id=aid))
-            if w is not None:
+            # An actor ending itself (exit_actor) exits on its own, after
+            # its atexit handlers.
+            if w is not None and w.conn is not conn:
                 self._kill_worker(w)
         elif a.worker is not None:
             self._kill_worker(a.worker)

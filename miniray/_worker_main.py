@@ -26,7 +26,7 @@ from queue import SimpleQueue
 from . import _protocol as P
 from . import _serialization as ser
 from . import _task_spec as S
-from .exceptions import RayTaskError, TaskCancelledError, SerializationError
+from .exceptions import ActorExit, RayTaskError, TaskCancelledError, SerializationError
 
 M = P.M
 VALUE, ERROR = P.K.VALUE, P.K.ERROR
@@ -203,6 +203,9 @@ class Worker:
                 results = self.pack_results(spec, value)
         except TaskCancelledError as exc:
             results = self.error_results(spec, exc)
+        except ActorExit:
+            self.exit_actor(spec)
+            return
         except BaseException as exc:
             if on_main and st.cancel_tid == tid:
                 st.cancel_tid = None
@@ -215,6 +218,25 @@ class Worker:
         if spec[S.METHOD] == "__init__" and results[0][1] == ERROR:
             results = [(None, ERROR, results[0][2], ())]
         self.finish(tid, results, retryable)
+
+    def exit_actor(self, spec):
+        """The method called exit_actor(): fail this call, tell the node the
+        actor is gone (so no restart), run atexit handlers and leave."""
+        from .exceptions import ActorDiedError
+        name = self.state.actor_name
+        err = ActorDiedError(f"actor {name} (pid={os.getpid()}) exited by calling "
+                             f"exit_actor() in '{spec[S.NAME]}'; calls to it cannot run.")
+        self.finish(spec[S.TASK_ID], self.error_results(spec, err), False)
+        self.client.send((M.ACTOR_KILL, self.state.actor_id, True, str(err)))
+        import atexit
+        atexit._run_exitfuncs()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        self.client.close()
+        os._exit(0)
 
     def finish(self, tid, results, retryable):
         self.client.send((M.TASK_DONE, tid, results, retryable))
@@ -353,6 +375,9 @@ class Worker:
             if _is_coroutine(value):
                 value = await value
             results = self.pack_results(spec, value)
+        except ActorExit:
+            self.exit_actor(spec)
+            return
         except BaseException as exc:
             import asyncio
             if isinstance(exc, (asyncio.CancelledError, TaskCancelledError)):

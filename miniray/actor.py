@@ -17,10 +17,23 @@ from ._options import (actor_shape, validate_actor_options, validate_method_opti
 from ._protocol import M
 from .remote_function import function_blob, _Signature
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method"]
+__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "method", "exit_actor"]
 
 ACTOR_CALL = M.ACTOR_CALL
 _local_classes: dict = {}   # class key -> class, for argument checks in this process
+
+
+def exit_actor():
+    """End the actor this is called from, after the current method: its
+    queued and later calls fail with ActorDiedError, it is not restarted,
+    and atexit handlers run in its process."""
+    from .exceptions import ActorExit
+    rt = _runtime._current
+    state = rt.worker_state if rt is not None else None
+    if state is None or state.actor_id is None:
+        raise TypeError("exit_actor() ends the current actor, so it can only be called inside "
+                        "an actor method; to end an actor from outside use miniray.kill(handle)")
+    raise ActorExit()
 
 
 def method(*args, **options):

@@ -16,7 +16,7 @@ __all__ = [
     "ObjectLostError", "OwnerDiedError", "ObjectFreedError",
     "RayActorError", "ActorDiedError", "ActorUnavailableError",
     "ActorUnschedulableError", "TaskUnschedulableError",
-    "SerializationError", "RuntimeNotInitializedError", "NodeDiedError",
+    "SerializationError", "RuntimeNotInitializedError", "NodeDiedError", "ActorExit",
 ]
 
 
@@ -99,6 +99,11 @@ class ActorUnavailableError(RayActorError):
 
 class ActorUnschedulableError(RayActorError):
     """No node can ever satisfy the actor's resource request."""
+
+
+class ActorExit(BaseException):
+    """Raised by ``miniray.actor.exit_actor()`` to end the current actor.
+    A BaseException, so ``except Exception`` in user code lets it pass."""
 
 
 class RayTaskError(RayError):

@@ -1175,3 +1175,30 @@ def test_actor_method_retry_exceptions(ray_start):
 
     f = Flaky.remote()
     assert miniray.get(f.work.remote(), timeout=30) == 3
+
+
+def test_exit_actor_ends_the_actor(ray_start):
+    from miniray.actor import exit_actor
+
+    @miniray.remote
+    class Quitter:
+        def pid(self):
+            return os.getpid()
+
+        def quit(self):
+            exit_actor()
+
+    q = Quitter.remote()
+    pid = miniray.get(q.pid.remote())
+    with pytest.raises(miniray.exceptions.ActorDiedError, match="exit_actor"):
+        miniray.get(q.quit.remote(), timeout=30)
+    with pytest.raises(miniray.exceptions.ActorDiedError, match="exit_actor"):
+        miniray.get(q.pid.remote(), timeout=30)
+    assert not wait_gone_pid(pid)
+    with pytest.raises(TypeError, match="inside an actor"):
+        exit_actor()
+
+
+def wait_gone_pid(pid):
+    from tests.conftest import wait_gone
+    return wait_gone([pid], timeout=15)
