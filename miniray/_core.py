@@ -3,18 +3,26 @@
 Drivers and workers both talk to the node through one ``CoreClient``:
 
     caller threads ── send (one lock) ──────────────►  node
-    reader thread  ◄── REPLY / EXECUTE / CANCEL ─────  node
-                   └─ REPLY -> the waiting caller (by request id)
-                   └─ EXECUTE etc. -> ``on_push`` (the worker's task queue)
+    a waiting thread ◄── REPLY / EXECUTE / CANCEL ───  node
+                     └─ REPLY -> the waiting caller (by request id)
+                     └─ EXECUTE etc. -> ``on_push`` (the worker's task queue)
 
-Requests carry an id; the caller blocks on a per-request lock that the
-reader thread releases.  Fire-and-forget messages (SUBMIT, PUT_INLINE, SEAL,
+Who reads: the thread that waits.  A caller waiting for its reply (or a
+worker waiting for its next task) reads the socket itself when no other
+thread is reading, and hands what it reads to the others (leader/follower:
+one condition variable, one "reading" flag).  So a sync ``get`` sleeps in
+``recv`` and the kernel wakes it directly: no thread hand-off on the round
+trip.  The background ``miniray-io`` thread only flushes queued messages,
+until something needs replies while nobody waits (futures, async and
+threaded actors): then it becomes the permanent reader (``reader mode``).
+
+Requests carry an id; fire-and-forget messages (SUBMIT, PUT_INLINE, SEAL,
 REFS) need no reply: ids are made here, so a submit is one ``send``.
 
 Reference counting: ``ObjectRef`` instances count per process here; the node
 hears INCREF/DECREF only when a count crosses zero.  Those ops, and UNPINs
 from collected zero-copy views, queue in a deque that rides along with the
-next message (or is flushed by the reader thread within 0.2 s), so dropping
+next message (or is flushed by the io thread within 0.2 s), so dropping
 refs costs no syscall.
 """
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import itertools
 import os
 import select
+import socket
 import threading
 import time
 from collections import deque
@@ -44,20 +53,19 @@ LATER_ACTIVE = 0.1            # seconds after a submit the reader keeps polling 
 
 
 class _Reply:
-    """A one-shot slot the reader thread fills and the caller waits on."""
+    """A one-shot slot filled by whichever thread reads the reply."""
 
-    __slots__ = ("lock", "ok", "payload")
+    __slots__ = ("done", "ok", "payload")
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.lock.acquire()
+        self.done = False
         self.ok = None
         self.payload = None
 
     def __call__(self, ok, payload):
         self.ok = ok
         self.payload = payload
-        self.lock.release()
+        self.done = True
 
 
 class CoreClient:
@@ -102,9 +110,16 @@ class CoreClient:
             ser.apply_registry_snapshot(welcome["serializers"])
             self._serializers_sent = ser.registry_version()
         self._closing = False
-        self._reader = threading.Thread(target=self._read_loop, args=(reader, early),
-                                        name="miniray-reader", daemon=True)
-        self._reader.start()
+        self._frames = reader
+        self._cond = threading.Condition(threading.Lock())
+        self._reading = False          # a thread is reading the socket (under _cond)
+        self._reader_mode = False      # the io thread reads for everyone
+        self._io_thread_id = None      # ident of the thread inside _read_some
+        self.deferred_interrupt = None  # set by a signal handler during _read_some
+        for msg in early:
+            self._handle(msg)
+        self._io = threading.Thread(target=self._io_loop, name="miniray-io", daemon=True)
+        self._io.start()
         set_ref_tracker(self)
 
     # -- sending -----------------------------------------------------------------------
@@ -209,20 +224,17 @@ class CoreClient:
         msg = build(rid)
         try:
             self.send(msg)
-            got = slot.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
+            got = self.wait_until(slot_done(slot), timeout)
         except BaseException:
             self._abandon(rid, msg)
             raise
         if got:
             return slot.ok, slot.payload
-        if self._pending.pop(rid, None) is None:
-            slot.lock.acquire()         # the reply is being delivered right now
-            return slot.ok, slot.payload
         self._abandon(rid, msg)
         return None
 
     def _abandon(self, rid, msg) -> None:
-        if self._pending.pop(rid, None) is not None or rid not in self._dropped:
+        if self._pending.pop(rid, None) is not None:
             if msg[0] == M.GET:
                 self._dropped[rid] = msg[2]
             try:
@@ -261,6 +273,7 @@ class CoreClient:
         self._ops.append((UNPIN, oid))
 
     def as_future(self, ref) -> Future:
+        self.use_reader_thread()
         fut = Future()
         oids = [ref.id]
 
@@ -428,11 +441,11 @@ class CoreClient:
         slot = _Reply()
         self._pending[rid] = slot
         self.send((M.WAIT, rid, oids, num_returns))
+        done = slot_done(slot)
         try:
-            got = slot.lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout))
-            if not got:
+            if not self.wait_until(done, timeout):
                 self.send((M.WAIT_NOW, rid))
-                slot.lock.acquire()
+                self.wait_until(done)
         except BaseException:
             self._abandon(rid, (M.WAIT,))
             raise
@@ -452,19 +465,119 @@ class CoreClient:
             self.registered_fns.add(key)
 
     # -- reading ---------------------------------------------------------------------------
-    def _read_loop(self, reader, early) -> None:
+    def wait_until(self, ready, timeout=None) -> bool:
+        """Wait until ``ready()`` is true, reading the socket in this thread
+        when no other thread is; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cond = self._cond
+        while True:
+            with cond:
+                while True:
+                    if ready():
+                        return True
+                    if not self._reading:
+                        self._reading = True
+                        break
+                    if deadline is None:
+                        cond.wait()
+                    else:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            return False
+                        cond.wait(left)
+            try:
+                if not self._read_some(deadline):
+                    return ready()
+            finally:
+                with cond:
+                    self._reading = False
+                    cond.notify_all()
+            interrupt = self.deferred_interrupt
+            if interrupt is not None:
+                self.deferred_interrupt = None
+                raise interrupt
+
+    def _read_some(self, deadline) -> bool:
+        """One recv + dispatch; False on timeout or a dead socket."""
+        if self.broken is not None:
+            return False
         sock = self.sock
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        wake = self._wake
-        poller.register(wake, select.POLLIN)
-        sock_fd = sock.fileno()
-        handle = self._handle
+        self._io_thread_id = threading.get_ident()
         try:
-            for msg in early:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select((sock,), (), (), left)[0]:
+                    return False
+            try:
+                data = sock.recv(1 << 20)
+            except OSError as exc:
+                self._mark_broken(exc)
+                return False
+            if not data:
+                self._mark_broken(None)
+                return False
+            handle = self._handle
+            for msg in self._frames.feed(data):
                 handle(msg)
-            monotonic = time.monotonic
-            while True:
+            return True
+        finally:
+            self._io_thread_id = None
+
+    def reading_in(self, thread_id) -> bool:
+        """Is ``thread_id`` inside a socket read right now?  (A signal handler
+        on that thread must then defer its exception: see deferred_interrupt.)"""
+        return self._io_thread_id == thread_id
+
+    def poll_now(self) -> None:
+        """Read whatever has arrived, if no other thread is reading.  Safe in
+        a signal handler: it never blocks (a worker busy in a task is poked
+        with SIGUSR1 so that it sees a CANCEL_TASK)."""
+        cond = self._cond
+        if not cond.acquire(blocking=False):
+            return
+        try:
+            if self._reading:
+                return
+            self._reading = True
+        finally:
+            cond.release()
+        try:
+            try:
+                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except OSError:
+                data = None
+            if data:
+                for msg in self._frames.feed(data):
+                    self._handle(msg)
+        finally:
+            with cond:
+                self._reading = False
+                cond.notify_all()
+
+    def use_reader_thread(self) -> None:
+        """From now on the io thread reads for everyone (needed when replies
+        must arrive while no caller waits: futures, async/threaded actors)."""
+        if not self._reader_mode:
+            self._reader_mode = True
+            os.eventfd_write(self._wake, 1)
+
+    def _io_loop(self) -> None:
+        """Flush queued messages; read for everyone once in reader mode."""
+        wake = self._wake
+        sock_fd = self.sock.fileno()
+        poller = select.poll()
+        poller.register(wake, select.POLLIN)
+        monotonic = time.monotonic
+        reading = False
+        try:
+            while not self._closing:
+                if self._reader_mode and not reading:
+                    with self._cond:
+                        while self._reading:
+                            self._cond.wait()
+                        self._reading = True
+                    reading = True
+                    poller.register(sock_fd, select.POLLIN)
                 # Nap (long poll) unless submits came recently; set the flag
                 # before looking at the queue so send_later cannot miss it.
                 self._reader_napping = True
@@ -477,27 +590,31 @@ class CoreClient:
                     if self._ops or self._later:
                         self.flush_later()
                     continue
-                readable = False
                 for fd, _ in events:
-                    if fd == sock_fd:
-                        readable = True
-                    else:
+                    if fd == wake:
                         os.eventfd_read(wake)
                         self.flush_later()
-                if not readable:
-                    continue
-                data = sock.recv(1 << 20)
-                if not data:
-                    break
-                for msg in reader.feed(data):
-                    handle(msg)
-        except OSError:
-            pass
+                    elif reading:
+                        data = self.sock.recv(1 << 20)
+                        if not data:
+                            self._mark_broken(None)
+                            return
+                        for msg in self._frames.feed(data):
+                            self._handle(msg)
+                        with self._cond:
+                            self._cond.notify_all()
+        except OSError as exc:
+            if reading and not self._closing:
+                self._mark_broken(exc)
         except BaseException as exc:  # a bug here must not vanish silently
             import traceback
             traceback.print_exc()
             self._mark_broken(exc)
-        self._mark_broken(None)
+        finally:
+            if reading:
+                with self._cond:
+                    self._reading = False
+                    self._cond.notify_all()
 
     def _handle(self, msg) -> None:
         if msg[0] == M.REPLY:
@@ -536,6 +653,8 @@ class CoreClient:
                 pass
         if self.on_push is not None and not self._closing:
             self.on_push((M.EXIT, "node connection lost"))
+        with self._cond:
+            self._cond.notify_all()
         return self.broken
 
     def close(self) -> None:
@@ -546,10 +665,15 @@ class CoreClient:
             self.sock.shutdown(2)
         except OSError:
             pass
-        self._reader.join(timeout=2)
+        os.eventfd_write(self._wake, 1)
+        self._io.join(timeout=2)
         self.sock.close()
         os.close(self._wake)
         self.arena.close()
+
+
+def slot_done(slot):
+    return lambda: slot.done
 
 
 def as_raisable(err):

@@ -191,6 +191,7 @@ class Node:
         self.stopping = False
         self.schedule_needed = False
         self.timers: list = []
+        self._after_flush: list = []
         self.job_counter = 0
         self.started_at = time.time()
         self.tasks = TaskManager(self)
@@ -232,6 +233,10 @@ class Node:
                     for _, fn in due:
                         fn()
             self._flush()
+            if self._after_flush:
+                calls, self._after_flush = self._after_flush, []
+                for fn, arg in calls:
+                    fn(arg)
         self._stop_everything()
 
     def _reap_idle_workers(self) -> None:
@@ -247,6 +252,10 @@ class Node:
                 self.idle.remove(w)
                 w.state = "exiting"
                 w.conn.send((M.EXIT, "idle"))
+
+    def after_flush(self, fn, arg) -> None:
+        """Run ``fn(arg)`` once this loop turn's messages are written."""
+        self._after_flush.append((fn, arg))
 
     def add_timer(self, delay: float, fn) -> None:
         self.timers.append((time.monotonic() + delay, fn))

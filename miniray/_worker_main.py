@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import traceback
-from queue import SimpleQueue
+from collections import deque
 
 from . import _protocol as P
 from . import _serialization as ser
@@ -89,14 +89,19 @@ class Worker:
     def __init__(self):
         from . import _runtime
         self.state = WorkerState()
-        self.queue = SimpleQueue()
+        self.queue = deque()        # messages for the main thread
         self.main_ident = threading.get_ident()
         self.pool = None
         self.loop = None
         self._async_tasks = {}      # task id -> asyncio.Task (async actors)
+        self.client = None
+        _die_with_parent()
+        # The node pokes a busy worker with SIGUSR1 when it sends CANCEL_TASK
+        # (nobody reads the socket while the main thread runs a task).
+        signal.signal(signal.SIGUSR1, self._on_poke)
+        signal.signal(signal.SIGINT, self._on_sigint)
         self.runtime = _runtime.connect_worker(self.state, self.on_push)
         self.client = self.runtime.client
-        signal.signal(signal.SIGINT, self._on_sigint)
         sys.stdout = _PrefixedStream(sys.stdout, self.state)
         sys.stderr = _PrefixedStream(sys.stderr, self.state)
 
@@ -119,24 +124,38 @@ class Worker:
             sys.path[0:0] = missing
             return
         if tag == M.EXIT:
-            self.queue.put(msg)
+            self.queue.append(msg)
             if msg[1] == "node connection lost":
                 os._exit(1)
             return
-        self.queue.put(msg)
+        self.queue.append(msg)
+
+    def _on_poke(self, signum, frame):
+        if self.client is not None:
+            self.client.poll_now()
 
     def _on_sigint(self, signum, frame):
         st = self.state
         tid = st.cancel_tid
         if tid is not None and tid == st.current_tid:
             st.cancel_tid = None
-            raise TaskCancelledError(tid.hex())
+            exc = TaskCancelledError(tid.hex())
+            if self.client is not None and self.client.reading_in(self.main_ident):
+                # Inside a socket read: raising now could lose the frames
+                # being parsed; the read raises it when it is done.
+                self.client.deferred_interrupt = exc
+                return
+            raise exc
 
     # -- the loop ------------------------------------------------------------------
     def run(self):
-        get = self.queue.get
+        queue = self.queue
+        has_work = queue.__len__
+        wait_until = self.client.wait_until
         while True:
-            msg = get()
+            if not queue:
+                wait_until(has_work)
+            msg = queue.popleft()
             if msg[0] == M.EXIT:
                 break
             if msg[0] == M.EXECUTE:
@@ -261,6 +280,10 @@ class Worker:
         st.actor_name = spec[S.NAME]
         extra = spec[S.EXTRA] or {}
         self.runtime.namespace = extra.get("namespace")
+        if extra.get("is_async") or extra.get("max_concurrency", 1) > 1:
+            # Calls finish on other threads, whose replies must arrive while
+            # the main thread waits for work: let the io thread read.
+            self.client.use_reader_thread()
         if extra.get("is_async"):
             self._start_loop()
         st.instance = cls(*args, **kwargs)
@@ -392,6 +415,19 @@ class Worker:
     def run_coroutine(self, coro):
         import asyncio
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def _die_with_parent():
+    """Exit with the node even if this worker is busy in a task and never
+    reads its socket (PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:   # the node died before prctl took effect
+            os._exit(1)
+    except Exception:
+        pass
 
 
 class _LazyFunction:
