@@ -508,16 +508,17 @@ class CoreClient:
                 left = deadline - time.monotonic()
                 if left <= 0 or not select.select((sock,), (), (), left)[0]:
                     return False
+            frames = self._frames
             try:
-                data = sock.recv(1 << 20)
+                n = frames.recv_from(sock)
             except OSError as exc:
                 self._mark_broken(exc)
                 return False
-            if not data:
+            if not n:
                 self._mark_broken(None)
                 return False
             handle = self._handle
-            for msg in self._frames.feed(data):
+            for msg in frames.feed_scratch(n):
                 handle(msg)
             return True
         finally:
@@ -543,11 +544,11 @@ class CoreClient:
             cond.release()
         try:
             try:
-                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+                n = self._frames.recv_from(self.sock, socket.MSG_DONTWAIT)
             except OSError:
-                data = None
-            if data:
-                for msg in self._frames.feed(data):
+                n = 0
+            if n:
+                for msg in self._frames.feed_scratch(n):
                     self._handle(msg)
         finally:
             with cond:
@@ -595,11 +596,11 @@ class CoreClient:
                         os.eventfd_read(wake)
                         self.flush_later()
                     elif reading:
-                        data = self.sock.recv(1 << 20)
-                        if not data:
+                        n = self._frames.recv_from(self.sock)
+                        if not n:
                             self._mark_broken(None)
                             return
-                        for msg in self._frames.feed(data):
+                        for msg in self._frames.feed_scratch(n):
                             self._handle(msg)
                         with self._cond:
                             self._cond.notify_all()

@@ -43,7 +43,6 @@ from .exceptions import ObjectLostError, ObjectStoreFullError
 M = P.M
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
-RECV_SIZE = 1 << 20
 HUGE_PAGE = 2 * 2**20
 LARGE_WRITE = 8 * 2**20  # an ALLOC this large pauses the prefault
 IDLE_CHECK_S = 2.0      # how often extra idle workers are looked at
@@ -313,21 +312,24 @@ class Node:
                 self.sel.modify(conn.sock, EVENT_READ, lambda m, c=conn: self._on_conn(c, m))
         if not mask & EVENT_READ:
             return
+        reader = conn.reader
         try:
-            data = conn.sock.recv(RECV_SIZE)
+            n = reader.recv_from(conn.sock)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             self.close_conn(conn)
             return
-        if not conn.authed:
-            data = self._authenticate(conn, data)
-            if data is None:
-                return
         try:
-            msgs = conn.reader.feed(data)
+            if not conn.authed:
+                data = self._authenticate(conn, bytes(reader._view[:n]))
+                if data is None:
+                    return
+                msgs = reader.feed(data)
+            else:
+                msgs = reader.feed_scratch(n)
         except Exception as exc:
             log(f"dropping a connection that sent a bad frame: {exc}")
             self.close_conn(conn)

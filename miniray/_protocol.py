@@ -123,13 +123,31 @@ def encode(msg: tuple) -> bytes:
     return _pack_len(len(body)) + body
 
 
-class FrameReader:
-    """Accumulates received bytes and yields complete messages."""
+RECV_SIZE = 256 * 1024
 
-    __slots__ = ("_buf",)
+
+class FrameReader:
+    """Accumulates received bytes and yields complete messages.
+
+    ``recv_from(sock)`` reads into a scratch buffer allocated once:
+    ``sock.recv(n)`` allocates n bytes per call, and above malloc's mmap
+    threshold that is an mmap + munmap (and page faults) per message.
+    """
+
+    __slots__ = ("_buf", "_scratch", "_view")
 
     def __init__(self):
         self._buf = bytearray()
+        self._scratch = bytearray(RECV_SIZE)
+        self._view = memoryview(self._scratch)
+
+    def recv_from(self, sock, flags=0) -> int:
+        """Read once from ``sock`` into the scratch buffer; the byte count
+        (0 at end of stream).  Then ``feed_scratch(n)`` parses them."""
+        return sock.recv_into(self._scratch, RECV_SIZE, flags)
+
+    def feed_scratch(self, n: int) -> list:
+        return self.feed(self._view[:n])
 
     def feed(self, data) -> list:
         buf = self._buf
