@@ -169,11 +169,14 @@ class TaskManager:
         node.actors.schedule()
 
     def _grow_pool(self) -> None:
+        """Start workers for ready tasks that could run now but have no idle
+        worker (workers blocked in get lend their CPUs), minus those already
+        starting."""
         node = self.node
+        runnable = node.ready.count_runnable(node.resources.available, limit=8)
         blocked = sum(1 for w in node.workers.values() if w.blocked)
         cap = max(4, 2 * node.pool_size) + blocked
-        want = min(node.ready.count, cap - node.pool_count())
-        want -= node.starting
+        want = min(runnable, cap - node.pool_count()) - node.starting
         for _ in range(max(0, min(want, 4))):
             node.spawn_worker()
 

@@ -107,5 +107,19 @@ class ReadyQueues:
         q = self._queues.get(shape)
         return q[0] if q else None
 
+    def count_runnable(self, available: dict, limit: int) -> int:
+        """How many queued items could start together with ``available``
+        resources (in queue order, at most ``limit``)."""
+        avail = dict(available)
+        n = 0
+        for shape, q in self._queues.items():
+            for _ in range(len(q)):
+                if n >= limit or not all(avail.get(k, 0.0) + _EPS >= v for k, v in shape):
+                    break
+                for k, v in shape:
+                    avail[k] = avail.get(k, 0.0) - v
+                n += 1
+        return n
+
     def __len__(self):
         return self.count

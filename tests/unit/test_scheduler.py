@@ -46,3 +46,15 @@ def test_ready_queues_fifo_per_shape():
 
 def test_format_resources():
     assert format_resources({"CPU": 2.0}) == "{CPU: 2}"
+
+
+def test_count_runnable_respects_resources():
+    q = ReadyQueues()
+    one, free = shape_of({"CPU": 1}), shape_of({})
+    for i in range(5):
+        q.push(one, i)
+    assert q.count_runnable({"CPU": 2.0}, limit=8) == 2
+    assert q.count_runnable({"CPU": 0.0}, limit=8) == 0
+    for i in range(20):
+        q.push(free, i)
+    assert q.count_runnable({"CPU": 0.0}, limit=8) == 8
