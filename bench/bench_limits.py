@@ -20,6 +20,7 @@ from __future__ import annotations
 import mmap
 import os
 import subprocess
+import tempfile
 import sys
 import threading
 
@@ -188,8 +189,65 @@ def spawn(quick=False):
     return out
 
 
+def hugepages(quick=False):
+    """miniray's first 1 GiB put with its arena on hugetlbfs (2 MiB pages) and
+    on /dev/shm, prefault off in both.  Needs root; reserves huge pages and
+    mounts hugetlbfs for the measurement only, then restores the system's
+    settings.  Skipped (with the reason in the results) where not possible."""
+    try:
+        import miniray
+    except ImportError:
+        return {"_hugepages_skipped": "miniray is not importable"}
+    path = "/proc/sys/vm/nr_hugepages"
+    try:
+        with open(path) as f:
+            old = int(f.read())
+    except OSError as exc:
+        return {"_hugepages_skipped": f"cannot read {path}: {exc}"}
+    store = GiB + 64 * 2**20
+    need = old + store // (2 * 2**20) + 8
+    mnt = tempfile.mkdtemp(prefix="miniray-huge-")
+    mounted = False
+    try:
+        try:
+            with open(path, "w") as f:
+                f.write(str(need))
+            with open(path) as f:
+                got = int(f.read())
+        except OSError as exc:
+            return {"_hugepages_skipped": f"cannot reserve huge pages: {exc}"}
+        if got < need:
+            return {"_hugepages_skipped": f"the kernel reserved {got} of {need} huge pages"}
+        r = subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", mnt],
+                           capture_output=True, text=True)
+        if r.returncode:
+            return {"_hugepages_skipped": f"cannot mount hugetlbfs: {r.stderr.strip()}"}
+        mounted = True
+        arr = np.ones(GiB // 8)
+        out = {}
+        for key, kwargs in (("huge_first_put_gbps", dict(huge_pages=True, plasma_directory=mnt)),
+                            ("huge_shm_first_put_gbps", {})):
+            miniray.init(num_cpus=2, object_store_memory=store, _prefault_bytes=0, **kwargs)
+            try:
+                miniray.get(miniray.put(np.ones(1024)))
+                t0 = now()
+                ref = miniray.put(arr)
+                out[key] = arr.nbytes / (now() - t0) / 1e9
+                del ref
+            finally:
+                miniray.shutdown()
+        return out
+    finally:
+        if mounted:
+            subprocess.run(["umount", mnt], capture_output=True)
+        os.rmdir(mnt)
+        with open(path, "w") as f:
+            f.write(str(old))
+
+
 def bench_limits(quick=False):
     out = {}
+    out.update(hugepages(quick))
     out.update(memcpy(quick))
     out.update(pipe_rtt(quick))
     out.update(spawn(quick))

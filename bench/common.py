@@ -84,6 +84,7 @@ METRICS = {
     "wait_1k_per_s": _m("wait", "wait(1k ready refs, num_returns=1000)", "calls/s", "higher", 2, ">= 2x Ray"),
     # large objects
     "put_1gib_first_gbps": _m("large", "1 GiB numpy put, first", "GB/s", "higher", 1.2, ">= 1.2x Ray"),
+    "put_1gib_first_settled_gbps": _m("large", "1 GiB numpy put, first, 1 s after init", "GB/s", "higher"),
     "put_1gib_repeat_gbps": _m("large", "1 GiB numpy put, repeated", "GB/s", "higher", 1.0, ">= Ray"),
     "get_1gib_ms": _m("large", "1 GiB numpy get", "ms", "lower", 1.0, "<= Ray", floor=0.01),
     # tasks
@@ -113,6 +114,8 @@ METRICS = {
     "memcpy_fallocated_2t_gbps": _m("limits", "memcpy 1 GiB into fallocate'd, unmapped /dev/shm, 2 threads", "GB/s", "higher"),
     "shm_populate_gbps": _m("limits", "allocate + map fresh /dev/shm ahead (MADV_POPULATE_WRITE)", "GB/s", "higher"),
     "memcpy_anon_fresh_1t_gbps": _m("limits", "memcpy 1 GiB into fresh private memory (np.empty), 1 thread", "GB/s", "higher"),
+    "huge_first_put_gbps": _m("limits", "miniray 1 GiB first put, arena on hugetlbfs (2 MiB pages)", "GB/s", "higher"),
+    "huge_shm_first_put_gbps": _m("limits", "miniray 1 GiB first put, arena on /dev/shm (same run)", "GB/s", "higher"),
     "pipe_rtt_us": _m("limits", "pipe round trip between two Python processes", "us", "lower"),
     "spawn_python_s": _m("limits", "spawn `python -c pass`", "s", "lower"),
     "spawn_python_numpy_s": _m("limits", "spawn `python -c 'import numpy'`", "s", "lower"),
