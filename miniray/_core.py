@@ -504,11 +504,15 @@ class CoreClient:
         sock = self.sock
         self._io_thread_id = threading.get_ident()
         try:
+            frames = self._frames
+            if frames.ready:
+                # Left by an interrupted reader: hand them out first.
+                frames.dispatch(self._handle)
+                return True
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0 or not select.select((sock,), (), (), left)[0]:
                     return False
-            frames = self._frames
             try:
                 n = frames.recv_from(sock)
             except OSError as exc:
@@ -517,9 +521,8 @@ class CoreClient:
             if not n:
                 self._mark_broken(None)
                 return False
-            handle = self._handle
-            for msg in frames.feed_scratch(n):
-                handle(msg)
+            frames.push_scratch(n)
+            frames.dispatch(self._handle)
             return True
         finally:
             self._io_thread_id = None
@@ -548,8 +551,8 @@ class CoreClient:
             except OSError:
                 n = 0
             if n:
-                for msg in self._frames.feed_scratch(n):
-                    self._handle(msg)
+                self._frames.push_scratch(n)
+            self._frames.dispatch(self._handle)
         finally:
             with cond:
                 self._reading = False
@@ -600,8 +603,8 @@ class CoreClient:
                         if not n:
                             self._mark_broken(None)
                             return
-                        for msg in self._frames.feed_scratch(n):
-                            self._handle(msg)
+                        self._frames.push_scratch(n)
+                        self._frames.dispatch(self._handle)
                         with self._cond:
                             self._cond.notify_all()
         except OSError as exc:

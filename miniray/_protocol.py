@@ -43,6 +43,7 @@ from __future__ import annotations
 import enum
 import pickle
 import struct
+from collections import deque
 
 __all__ = ["Msg", "RefOp", "Kind", "Query", "M", "K", "Q", "encode", "FrameReader", "HEADER"]
 
@@ -134,12 +135,13 @@ class FrameReader:
     threshold that is an mmap + munmap (and page faults) per message.
     """
 
-    __slots__ = ("_buf", "_scratch", "_view")
+    __slots__ = ("_buf", "_scratch", "_view", "ready")
 
     def __init__(self):
         self._buf = bytearray()
         self._scratch = bytearray(RECV_SIZE)
         self._view = memoryview(self._scratch)
+        self.ready = deque()      # parsed by push(), not yet handled
 
     def recv_from(self, sock, flags=0) -> int:
         """Read once from ``sock`` into the scratch buffer; the byte count
@@ -148,6 +150,42 @@ class FrameReader:
 
     def feed_scratch(self, n: int) -> list:
         return self.feed(self._view[:n])
+
+    def push_scratch(self, n: int) -> None:
+        """Parse the ``n`` bytes just received into ``ready``.
+
+        Built for a reader that an exception (KeyboardInterrupt in a
+        driver's main thread) may interrupt anywhere: a frame is consumed
+        only after its message is queued, so an interruption can repeat a
+        message but never lose one; ``dispatch`` has the same property.
+        """
+        buf = self._buf
+        buf += self._view[:n]
+        pos = 0
+        end_all = len(buf)
+        mv = memoryview(buf)
+        try:
+            while end_all - pos >= 4:
+                (length,) = HEADER.unpack_from(buf, pos)
+                if length > MAX_FRAME:
+                    raise ValueError(f"frame of {length} bytes is too large: the peer is not "
+                                     f"speaking miniray")
+                end = pos + 4 + length
+                if end > end_all:
+                    break
+                self.ready.append(_loads(mv[pos + 4:end]))
+                pos = end
+        finally:
+            mv.release()
+            if pos:
+                del buf[:pos]
+
+    def dispatch(self, handle) -> None:
+        """Hand every ready message to ``handle``, oldest first."""
+        ready = self.ready
+        while ready:
+            handle(ready[0])
+            ready.popleft()
 
     def feed(self, data) -> list:
         buf = self._buf

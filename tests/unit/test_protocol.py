@@ -32,3 +32,21 @@ def test_address_parsing():
 
 def test_digest_depends_on_token_and_nonce():
     assert digest(b"t", b"n") != digest(b"t", b"m") != digest(b"u", b"n")
+
+
+def test_interrupted_dispatch_repeats_rather_than_loses():
+    r = P.FrameReader()
+    data = b"".join(P.encode((P.M.REPLY, i, True, None)) for i in range(5))
+    r._scratch[:len(data)] = data
+    r.push_scratch(len(data))
+    seen = []
+
+    def handle(msg):
+        seen.append(msg[1])
+        if msg[1] == 2 and seen.count(2) == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        r.dispatch(handle)
+    r.dispatch(handle)
+    assert seen == [0, 1, 2, 2, 3, 4]
+    assert not r.ready
