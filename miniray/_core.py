@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import os
 import select
+import signal
 import socket
 import threading
 import time
@@ -47,6 +48,8 @@ M = P.M
 _encode = P.encode
 VALUE, ERROR = P.K.VALUE, P.K.ERROR
 INCREF, DECREF, UNPIN = 1, 2, 3
+_MAIN = threading.main_thread()
+_SIGINT = {signal.SIGINT}
 LATER_LIMIT = 256 * 1024      # flush queued submits beyond this many bytes
 LATER_DELAY_MS = 2            # longest a queued submit waits for a flush
 LATER_ACTIVE = 0.1            # seconds after a submit the reader keeps polling briefly
@@ -116,6 +119,9 @@ class CoreClient:
         self._reader_mode = False      # the io thread reads for everyone
         self._io_thread_id = None      # ident of the thread inside _read_some
         self.deferred_interrupt = None  # set by a signal handler during _read_some
+        # Drivers keep Python's KeyboardInterrupt; workers install a handler
+        # that defers during reads, so only drivers hold SIGINT back there.
+        self._guard_sigint = role == "driver"
         for msg in early:
             self._handle(msg)
         self._io = threading.Thread(target=self._io_loop, name="miniray-io", daemon=True)
@@ -131,33 +137,54 @@ class CoreClient:
                 raise type(self.broken)(str(self.broken))
             if self._later or self._ops:
                 frame = self._take_pending() + frame
-            try:
-                self.sock.sendall(frame)
-            except OSError as exc:
-                raise self._mark_broken(exc) from None
+            err = self._write(frame)
+        if err is not None:
+            # Outside the lock: marking broken runs callbacks that may send.
+            raise self._mark_broken(err) from None
+
+    def _write(self, data):
+        """``sendall`` (caller holds ``_send_lock``); returns the OSError or
+        None.  SIGINT is held back on the main thread meanwhile: a
+        KeyboardInterrupt inside ``sendall`` would leave half a frame on the
+        stream and the node would drop the connection."""
+        main = threading.current_thread() is _MAIN
+        if main:
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            return exc
+        finally:
+            if main:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        return None
 
     def send_later(self, msg) -> None:
         """Queue a message that needs no prompt answer (a task submission).
 
         It leaves with the next ``send`` (a ``get`` right after a submit costs
         one syscall for both), when the queue grows past LATER_LIMIT, or when
-        the reader thread wakes for it: a burst of submits reaches the node
-        as a few large writes instead of one wake-up per task.
+        the io thread wakes for it: a burst of submits reaches the node as a
+        few large writes instead of one wake-up per task.
         """
         frame = _encode(msg)
+        err = None
         with self._send_lock:
             if self.broken is not None:
                 raise type(self.broken)(str(self.broken))
             later = self._later
             later += frame
             if len(later) >= LATER_LIMIT:
-                self._flush_later_locked()
-                return
+                err = self._write(self._take_pending())
+                if err is None:
+                    return
+        if err is not None:
+            raise self._mark_broken(err) from None
         self._last_later = time.monotonic()
         if self._reader_napping:
-            # The reader sleeps in a long poll: wake it once; it then polls
-            # briefly while submits keep coming, so a busy submitter pays
-            # no wake-up per message.
+            # The io thread sleeps in a long poll: wake it once; it then
+            # polls briefly while submits keep coming, so a busy submitter
+            # pays no wake-up per message.
             self._reader_napping = False
             os.eventfd_write(self._wake, 1)
 
@@ -171,20 +198,13 @@ class CoreClient:
             data += self._drain_ops()
         return data
 
-    def _flush_later_locked(self) -> None:
-        data = self._take_pending()
-        try:
-            self.sock.sendall(data)
-        except OSError as exc:
-            raise self._mark_broken(exc) from None
-
     def flush_later(self) -> None:
+        err = None
         with self._send_lock:
             if (self._later or self._ops) and self.broken is None:
-                try:
-                    self._flush_later_locked()
-                except NodeDiedError:
-                    pass
+                err = self._write(self._take_pending())
+        if err is not None:
+            self._mark_broken(err)
 
     def _drain_ops(self) -> bytes:
         ops = self._ops
@@ -198,13 +218,14 @@ class CoreClient:
         if not (self._ops or self._later) or self.broken is not None:
             return
         if self._send_lock.acquire(blocking=False):
+            err = None
             try:
                 if self._ops or self._later:
-                    self.sock.sendall(self._take_pending())
-            except OSError:
-                pass
+                    err = self._write(self._take_pending())
             finally:
                 self._send_lock.release()
+            if err is not None:
+                self._mark_broken(err)
 
     def check_serializers(self) -> None:
         """Ship custom serializer registrations before data that may use them."""
@@ -226,21 +247,43 @@ class CoreClient:
             self.send(msg)
             got = self.wait_until(slot_done(slot), timeout)
         except BaseException:
-            self._abandon(rid, msg)
+            if not self._abandon(rid, msg):
+                self._release_reply(msg, slot)
             raise
-        if got:
+        if got or not self._abandon(rid, msg):
+            # Answered (perhaps just as the wait timed out: take the reply,
+            # it may hold pins only its receiver can release).
+            self.wait_until(slot_done(slot))
             return slot.ok, slot.payload
-        self._abandon(rid, msg)
         return None
 
-    def _abandon(self, rid, msg) -> None:
-        if self._pending.pop(rid, None) is not None:
-            if msg[0] == M.GET:
-                self._dropped[rid] = msg[2]
-            try:
-                self.send((M.DROP_REQ, rid))
-            except BaseException:
-                pass
+    def _abandon(self, rid, msg) -> bool:
+        """Stop waiting for ``rid``; False if its reply was already handed
+        to the caller's slot.  Otherwise the node answers DROP_REQ with one
+        (late or empty) REPLY, and ``_dropped`` says what that reply pins."""
+        if msg[0] == M.GET:
+            self._dropped[rid] = msg[2]
+        if self._pending.pop(rid, None) is None:
+            self._dropped.pop(rid, None)
+            return False
+        try:
+            self.send((M.DROP_REQ, rid))
+        except BaseException:
+            pass
+        return True
+
+    def _release_reply(self, msg, slot) -> None:
+        """A GET reply nobody will decode: release the views it pinned."""
+        if msg[0] != M.GET:
+            return
+        try:
+            self.wait_until(slot_done(slot), 1.0)
+        except BaseException:
+            pass
+        if slot.done and slot.ok:
+            for oid, (kind, data) in zip(msg[2], slot.payload):
+                if type(data) is not bytes:
+                    self._unpin(oid)
 
     # -- the ref tracker (called from ObjectRef) -------------------------------------------
     def add(self, oid) -> None:
@@ -384,17 +427,22 @@ class CoreClient:
             self._learn(missing, payloads)
         values = []
         error = None
-        for oid in oids:
-            payload = fetched.pop(oid, None)
-            if payload is not None:
-                kind, data = payload
-                value = self.decode(oid, kind, data)          # pinned by the node
-            else:
-                kind, data = known[oid]
-                value = self.decode_known(oid, kind, data)    # pinned by our ref
-            if kind == ERROR and error is None:
-                error = value
-            values.append(value)
+        try:
+            for oid in oids:
+                payload = fetched.pop(oid, None)
+                if payload is not None:
+                    kind, data = payload
+                    value = self.decode(oid, kind, data)          # pinned by the node
+                else:
+                    kind, data = known[oid]
+                    value = self.decode_known(oid, kind, data)    # pinned by our ref
+                if kind == ERROR and error is None:
+                    error = value
+                values.append(value)
+        finally:
+            for oid, (kind, data) in fetched.items():    # not decoded: release
+                if type(data) is not bytes:
+                    self._unpin(oid)
         if error is not None:
             raise as_raisable(error)
         return values
@@ -475,7 +523,7 @@ class CoreClient:
                 while True:
                     if ready():
                         return True
-                    if not self._reading:
+                    if not self._reading and not self._reader_mode:
                         self._reading = True
                         break
                     if deadline is None:
@@ -492,37 +540,55 @@ class CoreClient:
                 with cond:
                     self._reading = False
                     cond.notify_all()
-            interrupt = self.deferred_interrupt
-            if interrupt is not None:
-                self.deferred_interrupt = None
-                raise interrupt
+            if self.deferred_interrupt is not None:
+                interrupt, self.deferred_interrupt = self.deferred_interrupt, None
+                try:
+                    raise interrupt
+                finally:
+                    del interrupt     # no frame <-> traceback cycle keeping args alive
 
     def _read_some(self, deadline) -> bool:
-        """One recv + dispatch; False on timeout or a dead socket."""
+        """One recv + dispatch; False on timeout or a dead socket.
+
+        On a driver's main thread, where KeyboardInterrupt can strike
+        between any two bytecodes, it waits for data with SIGINT open, then
+        receives and hands out with SIGINT held back: an interrupt can cut
+        the wait short but never drop bytes already received (replies other
+        threads wait for).  A worker's SIGINT handler defers instead (see
+        reading_in)."""
         if self.broken is not None:
             return False
         sock = self.sock
         self._io_thread_id = threading.get_ident()
+        guard = self._guard_sigint and threading.current_thread() is _MAIN
         try:
             frames = self._frames
             if frames.ready:
                 # Left by an interrupted reader: hand them out first.
                 frames.dispatch(self._handle)
                 return True
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select((sock,), (), (), left)[0]:
+            if deadline is not None or guard:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     return False
+                if not select.select((sock,), (), (), left)[0]:
+                    return False
+            if guard:
+                old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
             try:
-                n = frames.recv_from(sock)
-            except OSError as exc:
-                self._mark_broken(exc)
-                return False
-            if not n:
-                self._mark_broken(None)
-                return False
-            frames.push_scratch(n)
-            frames.dispatch(self._handle)
+                try:
+                    n = frames.recv_from(sock)
+                except OSError as exc:
+                    self._mark_broken(exc)
+                    return False
+                if not n:
+                    self._mark_broken(None)
+                    return False
+                frames.push_scratch(n)
+                frames.dispatch(self._handle)
+            finally:
+                if guard:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
             return True
         finally:
             self._io_thread_id = None
@@ -546,11 +612,13 @@ class CoreClient:
         finally:
             cond.release()
         try:
-            try:
-                n = self._frames.recv_from(self.sock, socket.MSG_DONTWAIT)
-            except OSError:
-                n = 0
-            if n:
+            while True:      # drain: a cancel may sit behind queued calls
+                try:
+                    n = self._frames.recv_from(self.sock, socket.MSG_DONTWAIT)
+                except OSError:
+                    n = 0
+                if not n:
+                    break
                 self._frames.push_scratch(n)
             self._frames.dispatch(self._handle)
         finally:
@@ -576,11 +644,18 @@ class CoreClient:
         try:
             while not self._closing:
                 if self._reader_mode and not reading:
+                    # Take over from a thread that leads a read right now
+                    # (it steps back once its read is done), flushing what
+                    # queues up meanwhile.
                     with self._cond:
-                        while self._reading:
-                            self._cond.wait()
-                        self._reading = True
-                    reading = True
+                        if self._reading:
+                            self._cond.wait(LATER_DELAY_MS / 1000)
+                        else:
+                            self._reading = True
+                            reading = True
+                    if not reading:
+                        self.flush_later()
+                        continue
                     poller.register(sock_fd, select.POLLIN)
                 # Nap (long poll) unless submits came recently; set the flag
                 # before looking at the queue so send_later cannot miss it.

@@ -190,7 +190,7 @@ class Node:
         self.stopping = False
         self.schedule_needed = False
         self.timers: list = []
-        self._after_flush: list = []
+        self._pokes: list = []
         self.job_counter = 0
         self.started_at = time.time()
         self.tasks = TaskManager(self)
@@ -232,10 +232,8 @@ class Node:
                     for _, fn in due:
                         fn()
             self._flush()
-            if self._after_flush:
-                calls, self._after_flush = self._after_flush, []
-                for fn, arg in calls:
-                    fn(arg)
+            if self._pokes:
+                self._poke_workers()
         self._stop_everything()
 
     def _reap_idle_workers(self) -> None:
@@ -252,9 +250,26 @@ class Node:
                 w.state = "exiting"
                 w.conn.send((M.EXIT, "idle"))
 
-    def after_flush(self, fn, arg) -> None:
-        """Run ``fn(arg)`` once this loop turn's messages are written."""
-        self._after_flush.append((fn, arg))
+    def poke(self, w) -> None:
+        """Make a worker busy in a task read its socket (for a CANCEL_TASK
+        just queued to it): SIGUSR1 once the message is written.  A worker
+        whose output is not all written yet is poked again next turn."""
+        if w not in self._pokes:
+            self._pokes.append(w)
+
+    def _poke_workers(self) -> None:
+        pokes, self._pokes = self._pokes, []
+        for w in pokes:
+            if w.state == "dead" or w.conn is None:
+                continue
+            try:
+                os.kill(w.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                continue
+            if w.conn.out:
+                self._pokes.append(w)
+        if self._pokes:
+            self.add_timer(0.01, lambda: None)   # come back soon
 
     def add_timer(self, delay: float, fn) -> None:
         self.timers.append((time.monotonic() + delay, fn))
@@ -635,8 +650,10 @@ class Node:
     def on_drop_req(self, conn, msg) -> None:
         _, rid = msg
         for w in list(conn.waiters):
-            if w.rid == rid:
+            if w.rid == rid and not w.done:
                 self.drop_waiter(w)
+                # The one reply this request gets: lets the client forget it.
+                conn.send((M.REPLY, rid, False, None))
 
     def drop_waiter(self, w) -> None:
         if w.done:

@@ -25,7 +25,6 @@ from . import _protocol as P
 from . import _task_spec as S
 from ._object_table import READY
 from ._serialization import read_from
-from ._node_tasks import poke
 from .exceptions import ActorDiedError, ActorUnschedulableError, TaskCancelledError
 
 M = P.M
@@ -410,7 +409,7 @@ class ActorManager:
         elif t.worker is not None and t.worker.conn is not None:
             t.cancelled = True
             t.worker.conn.send((M.CANCEL_TASK, t.tid))
-            self.node.after_flush(poke, t.worker)
+            self.node.poke(t.worker)
             a = t.actor
             if a is not None and _one_at_a_time(a) and next(iter(a.inflight), None) != t.tid:
                 # Sent, but an earlier call is still running: fail it now

@@ -27,14 +27,6 @@ M = P.M
 ERROR = P.K.ERROR
 
 
-def poke(w) -> None:
-    """Make a busy worker read its socket now (see the worker's SIGUSR1)."""
-    try:
-        os.kill(w.pid, signal.SIGUSR1)
-    except ProcessLookupError:
-        pass
-
-
 class Task:
     __slots__ = ("spec", "tid", "returns", "shape", "deps_left", "worker", "retries_left",
                  "submitter", "state", "actor", "cancelled", "cpu", "lent")
@@ -358,7 +350,7 @@ class TaskManager:
                     pass
             elif w.conn is not None:
                 w.conn.send((M.CANCEL_TASK, t.tid))
-                self.node.after_flush(poke, w)
+                self.node.poke(w)
             return
         if t.state == "ready":
             self.node.ready.remove(t.shape, t)

@@ -1,0 +1,385 @@
+"""Review: demonstrations of CoreClient bugs (miniray/_core.py, _worker_main.py).
+
+Each test states the expected (correct) behaviour; each fails on the code
+reviewed (commit 0e95989).  See the review report for the analysis and fixes.
+"""
+from __future__ import annotations
+
+import gc
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import miniray
+from miniray._protocol import Query
+from miniray.exceptions import GetTimeoutError, TaskCancelledError
+from tests.conftest import run_driver
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def client():
+    return miniray._runtime.current().client
+
+
+def object_info(oid):
+    return client().query(Query.OBJECT_INFO, oid)
+
+
+def wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+@miniray.remote
+def sleep_return(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+def test_reader_switch_while_a_get_leads_does_not_starve_queued_calls(ray_factory):
+    """A thread leads the reads (blocked in a get); another thread then uses a
+    future (switching to reader mode) and fires an actor call the first get
+    depends on.  The io thread waits for ``_reading`` to clear before it
+    flushes anything again, and the leader keeps re-taking the lead, so the
+    queued call is never sent: the get can only time out."""
+    ray_factory(num_cpus=2, object_store_memory=64 * 2**20)
+
+    @miniray.remote
+    class Flag:
+        def __init__(self):
+            self.value = False
+
+        def set(self):
+            self.value = True
+
+        def get(self):
+            return self.value
+
+    @miniray.remote
+    def wait_for_flag(flag):
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            if miniray.get(flag.get.remote()):
+                return "seen"
+            time.sleep(0.01)
+        return "gave up"
+
+    flag = Flag.remote()
+    assert miniray.get(flag.get.remote(), timeout=20) is False
+    ref = wait_for_flag.remote(flag)
+    out = {}
+
+    def leader():
+        try:
+            out["value"] = miniray.get(ref, timeout=8)
+        except Exception as exc:      # noqa: BLE001
+            out["value"] = exc
+        out["at"] = time.monotonic()
+
+    t = threading.Thread(target=leader, daemon=True)
+    t.start()
+    time.sleep(0.5)                     # the leader sleeps in recv by now
+    assert miniray.put(1).future().result(timeout=5) == 1    # -> reader mode
+    t0 = time.monotonic()
+    flag.set.remote()                   # fire and forget (send_later)
+    t.join(15)
+    assert out.get("value") == "seen" and out["at"] - t0 < 3, (
+        f"the queued flag.set call was not sent while another thread led the reads: "
+        f"{out.get('value')!r} after {out.get('at', t0) - t0:.1f} s")
+
+
+def test_cancel_reaches_actor_call_behind_large_queued_calls(ray_factory):
+    """The node pipelines an actor's calls to its worker.  With >256 KiB of
+    queued EXECUTEs ahead of the CANCEL_TASK, the SIGUSR1 poke reads one
+    256 KiB chunk (and the rest may still sit in the node's output buffer),
+    so the running call is never interrupted."""
+    ray_factory(num_cpus=2, object_store_memory=64 * 2**20)
+
+    @miniray.remote
+    class A:
+        def sleep(self, seconds):
+            time.sleep(seconds)
+            return "finished"
+
+        def size(self, payload):
+            return len(payload)
+
+    a = A.remote()
+    assert miniray.get(a.size.remote(b"x"), timeout=20) == 1
+    running = a.sleep.remote(15)
+    time.sleep(0.5)
+    queued = [a.size.remote(b"x" * 90_000) for _ in range(4)]    # inline args
+    time.sleep(0.5)
+    miniray.cancel(running)
+    try:
+        outcome = miniray.get(running, timeout=6)
+    except TaskCancelledError:
+        outcome = "cancelled"
+    except GetTimeoutError:
+        outcome = "still running 6 s after cancel"
+    assert outcome == "cancelled"
+    assert miniray.get(queued, timeout=20) == [90_000] * 4
+
+
+def test_timed_out_gets_leave_no_dropped_entries(ray_factory):
+    """Every timed-out GET leaves an entry in ``_dropped`` that is only removed
+    when a late REPLY arrives; after DROP_REQ the node never replies, so a
+    polling loop grows ``_dropped`` without bound."""
+    ray_factory(num_cpus=1, object_store_memory=64 * 2**20)
+    c = client()
+    r = sleep_return.remote(10, 1)
+    before = len(c._dropped)
+    for _ in range(300):
+        with pytest.raises(GetTimeoutError):
+            miniray.get(r, timeout=0)
+    miniray.cancel(r)
+    time.sleep(0.5)
+    miniray.available_resources()       # a round trip: reads whatever the node sent
+    assert len(c._dropped) - before < 10, f"{len(c._dropped) - before} entries left in _dropped"
+
+
+def test_get_timeout_racing_its_reply_leaves_no_pin(ray_factory, monkeypatch):
+    """A follower's get times out in ``cond.wait`` while the leader is about
+    to dispatch its reply.  If the reply is dispatched before ``_abandon``
+    pops the request, ``_abandon`` does nothing (no DROP_REQ, no unpin) and
+    ``request`` returns None: the zero-copy reply's pin is never released.
+    The window is widened here by delaying ``_abandon``."""
+    ray_factory(num_cpus=2, object_store_memory=64 * 2**20)
+    c = client()
+
+    @miniray.remote
+    def late_big(delay):
+        time.sleep(delay)
+        return np.ones(50_000)                   # 400 KB: in the arena
+
+    leader = threading.Thread(target=lambda: miniray.get(sleep_return.remote(3, 0)),
+                              daemon=True)
+    leader.start()
+    time.sleep(0.3)                               # the leader reads the socket
+    r = late_big.remote(0.3)
+    oid = r.id
+    orig = c._abandon
+
+    def slow_abandon(rid, msg):
+        time.sleep(0.8)                           # the reply is dispatched meanwhile
+        orig(rid, msg)
+
+    monkeypatch.setattr(c, "_abandon", slow_abandon)
+    try:
+        miniray.get(r, timeout=0.1)
+    except GetTimeoutError:
+        pass
+    monkeypatch.undo()
+    del r
+    gc.collect()
+    freed = wait_for(lambda: object_info(oid) is None, 5)
+    leader.join(10)
+    assert freed, f"object still in the store after its last ref was dropped: {object_info(oid)}"
+
+
+def test_cancelled_task_does_not_keep_its_args_alive(ray_factory):
+    """A cancel delivered while the task blocks in get is raised from
+    ``wait_until`` (``raise interrupt``, with the exception in a local): the
+    exception, its traceback and every frame of the task form a cycle, so the
+    task's arguments (and refs in them) stay alive until the worker's cyclic
+    GC happens to run, which an idle worker never does."""
+    ray_factory(num_cpus=2, object_store_memory=64 * 2**20)
+
+    @miniray.remote
+    def blocked(refs, forever):
+        return miniray.get(forever[0])
+
+    big = miniray.put(np.ones(100_000))           # 800 KB in the arena
+    oid = big.id
+    forever = sleep_return.remote(30, 0)
+    # the nested ref travels in the args: the worker holds it while the task runs
+    outer = blocked.remote([big], [forever])
+    time.sleep(0.5)
+    miniray.cancel(outer)
+    with pytest.raises(TaskCancelledError):
+        miniray.get(outer, timeout=10)
+    del big, outer
+    miniray.cancel(forever)
+    gc.collect()
+    freed = wait_for(lambda: object_info(oid) is None, 5)
+    assert freed, f"the cancelled task's argument is still held: {object_info(oid)}"
+
+
+def test_future_callback_on_broken_send_does_not_deadlock():
+    """``send`` calls ``_mark_broken`` while holding ``_send_lock``;
+    ``_mark_broken`` runs the pending futures' callbacks, and a callback that
+    calls miniray (put, remote) takes ``_send_lock`` again: the thread
+    deadlocks instead of raising NodeDiedError, and every later send in the
+    process blocks forever.  ``shutdown(SHUT_WR)`` makes the next send fail
+    as it does when the node has just died."""
+    try:
+        proc = run_driver("""
+            import socket, threading, time, miniray
+            miniray.init(num_cpus=1, object_store_memory=64 * 2**20)
+
+            @miniray.remote
+            def slow():
+                time.sleep(30)
+
+            fut = slow.remote().future()
+            fut.add_done_callback(lambda f: miniray.put(b"retry"))
+            c = miniray._runtime.current().client
+            time.sleep(0.5)
+            c.sock.shutdown(socket.SHUT_WR)
+            try:
+                miniray.available_resources()
+            except Exception as exc:
+                print("raised", type(exc).__name__, flush=True)
+        """, timeout=20)
+    except Exception as exc:   # subprocess.TimeoutExpired
+        pytest.fail(f"the driver deadlocked: {type(exc).__name__}")
+    assert "raised NodeDiedError" in proc.stdout, proc.stdout + proc.stderr
+
+
+def _fail_on_load():
+    raise RuntimeError("this object cannot be loaded here")
+
+
+class Unloadable:
+    def __reduce__(self):
+        return (_fail_on_load, ())
+
+
+def test_failed_decode_in_get_list_releases_the_other_pins(ray_factory):
+    """``get_values`` decodes the fetched payloads one by one; when one fails
+    to deserialize, the zero-copy payloads after it are never decoded, so the
+    pins the node took for them in the GET reply are never released."""
+    ray_factory(num_cpus=2, object_store_memory=64 * 2**20)
+
+    @miniray.remote
+    def make_bad():
+        return Unloadable()
+
+    @miniray.remote
+    def make_big():
+        return np.ones(100_000)                  # 800 KB: in the arena
+
+    bad, big = make_bad.remote(), make_big.remote()
+    miniray.wait([bad, big], num_returns=2, timeout=20)
+    oid = big.id
+    with pytest.raises(Exception, match="cannot be loaded"):
+        miniray.get([bad, big], timeout=20)
+    del bad, big
+    gc.collect()
+    freed = wait_for(lambda: object_info(oid) is None, 5)
+    assert freed, f"object still in the store after its last ref was dropped: {object_info(oid)}"
+
+
+_KBINT_OTHER_THREADS = """
+    import faulthandler, os, random, signal, sys, threading, time
+    import miniray
+    miniray.init(num_cpus=4, object_store_memory=64 * 2**20)
+
+    @miniray.remote
+    def f(x):
+        return x
+
+    miniray.get([f.remote(i) for i in range(20)])
+    main = threading.get_ident()
+    stop = time.monotonic() + 3.0
+    done = {}
+
+    def other(k):
+        i = 0
+        while time.monotonic() < stop:
+            assert miniray.get(f.remote((k, i))) == (k, i)
+            i += 1
+        done[k] = i
+
+    threads = [threading.Thread(target=other, args=(k,), daemon=True) for k in range(4)]
+    for t in threads:
+        t.start()
+
+    def interrupter():                 # Ctrl-C, many times
+        rng = random.Random(0)
+        while time.monotonic() < stop - 1.0:
+            time.sleep(rng.uniform(0.0005, 0.003))
+            signal.pthread_kill(main, signal.SIGINT)
+    go = threading.Event()
+    threading.Thread(target=lambda: (go.wait(), interrupter()), daemon=True).start()
+    interrupts = 0
+    go.set()
+    while True:
+        try:
+            if time.monotonic() >= stop:
+                break
+            miniray.get(f.remote(1))
+        except KeyboardInterrupt:
+            interrupts += 1
+    for t in threads:
+        t.join(5)
+    stuck = [k for k in range(4) if k not in done]
+    print("interrupts", interrupts, "stuck", stuck, flush=True)
+    os._exit(0)
+"""
+
+
+def test_keyboard_interrupt_in_driver_loses_no_reply_of_other_threads():
+    """KeyboardInterrupt in the driver's main thread while it leads the reads
+    (e.g. right after ``recv_into`` returned, before ``push_scratch``) drops
+    the bytes it received: replies meant for other threads, which then wait
+    forever."""
+    proc = run_driver(_KBINT_OTHER_THREADS, timeout=30)
+    assert "stuck []" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+_KBINT_SEND = """
+    import os, random, signal, threading, time
+    import miniray
+    miniray.init(num_cpus=2, object_store_memory=64 * 2**20)
+
+    @miniray.remote
+    def make(i):
+        return i
+
+    main = threading.get_ident()
+    stop = time.monotonic() + 3.0
+
+    def interrupter():
+        rng = random.Random(1)
+        while time.monotonic() < stop - 1.0:
+            time.sleep(rng.uniform(0.001, 0.01))
+            signal.pthread_kill(main, signal.SIGINT)
+    go = threading.Event()
+    threading.Thread(target=lambda: (go.wait(), interrupter()), daemon=True).start()
+    errors = []
+    go.set()
+    while True:
+        try:
+            if time.monotonic() >= stop:
+                break
+            refs = [make.remote(i) for i in range(500)]   # ~100 KB of queued SUBMITs
+            assert miniray.get(refs, timeout=10) == list(range(500))
+        except KeyboardInterrupt:
+            pass
+        except Exception as exc:
+            errors.append(type(exc).__name__)
+            break
+    try:
+        after = miniray.get(make.remote(7), timeout=10)
+    except Exception as exc:
+        after = type(exc).__name__
+    print("errors", errors, "after", after, flush=True)
+    os._exit(0)
+"""
+
+
+def test_keyboard_interrupt_during_send_keeps_the_stream_intact():
+    """``sendall`` raises KeyboardInterrupt after a partial write (CPython runs
+    signal handlers between partial sends): the node gets half a frame, drops
+    the connection as sending a bad frame, and, this driver owning the node,
+    shuts the whole node down."""
+    proc = run_driver(_KBINT_SEND, timeout=30)
+    assert "errors [] after 7" in proc.stdout, proc.stdout + proc.stderr[-3000:]
