@@ -101,28 +101,18 @@ def memcpy(quick=False):
             out[f"memcpy_prefaulted_{nt}t_gbps"] = n / min(ts) / 1e9
     finally:
         dst.close()
-    for nt in (1, 2):
-        ts = []
-        for _ in range(2 if quick else reps):
-            dst = _ShmArray(n, prefault=False)
-            try:
-                t0 = now()
-                _copy(dst.a, src, nt)
-                ts.append(now() - t0)
-            finally:
-                dst.close()
-        out[f"memcpy_fresh_{nt}t_gbps"] = n / min(ts) / 1e9
-    for nt in (1, 2):
-        ts = []
-        for _ in range(2 if quick else reps):
-            dst = _ShmArray(n, fallocate=True)
-            try:
-                t0 = now()
-                _copy(dst.a, src, nt)
-                ts.append(now() - t0)
-            finally:
-                dst.close()
-        out[f"memcpy_fallocated_{nt}t_gbps"] = n / min(ts) / 1e9
+    for key, kwargs in (("fresh", {"prefault": False}), ("fallocated", {"fallocate": True})):
+        for nt in (1, 2):
+            ts = []
+            for _ in range(2 if quick else reps):
+                dst = _ShmArray(n, **kwargs)      # a new mapping for every sample
+                try:
+                    t0 = now()
+                    _copy(dst.a, src, nt)
+                    ts.append(now() - t0)
+                finally:
+                    dst.close()
+            out[f"memcpy_{key}_{nt}t_gbps"] = n / min(ts) / 1e9
     ts = []
     for _ in range(2):
         dst = _ShmArray(n, populate=True)

@@ -152,15 +152,32 @@ class FrameReader:
         return self.feed(self._view[:n])
 
     def push_scratch(self, n: int) -> None:
-        """Parse the ``n`` bytes just received into ``ready``.
+        """Parse the ``n`` bytes just received into ``ready`` (for readers
+        that an exception, such as KeyboardInterrupt, may interrupt: see
+        ``_parse`` and ``dispatch``)."""
+        self._buf += self._view[:n]
+        self._parse()
 
-        Built for a reader that an exception (KeyboardInterrupt in a
-        driver's main thread) may interrupt anywhere: a frame is consumed
-        only after its message is queued, so an interruption can repeat a
-        message but never lose one; ``dispatch`` has the same property.
-        """
+    def dispatch(self, handle) -> None:
+        """Hand every ready message to ``handle``, oldest first."""
+        ready = self.ready
+        while ready:
+            handle(ready[0])
+            ready.popleft()
+
+    def feed(self, data) -> list:
+        """Add received bytes; return the messages now complete."""
+        self._buf += data
+        self._parse()
+        msgs = list(self.ready)
+        self.ready.clear()
+        return msgs
+
+    def _parse(self) -> None:
+        """Move every complete frame of ``_buf`` to ``ready``.  A frame is
+        consumed only after its message is queued, so an exception anywhere
+        in here can repeat a message but never lose one."""
         buf = self._buf
-        buf += self._view[:n]
         pos = 0
         end_all = len(buf)
         mv = memoryview(buf)
@@ -179,36 +196,6 @@ class FrameReader:
             mv.release()
             if pos:
                 del buf[:pos]
-
-    def dispatch(self, handle) -> None:
-        """Hand every ready message to ``handle``, oldest first."""
-        ready = self.ready
-        while ready:
-            handle(ready[0])
-            ready.popleft()
-
-    def feed(self, data) -> list:
-        buf = self._buf
-        buf += data
-        msgs = []
-        pos = 0
-        n = len(buf)
-        mv = memoryview(buf)
-        try:
-            while n - pos >= 4:
-                (length,) = HEADER.unpack_from(buf, pos)
-                if length > MAX_FRAME:
-                    raise ValueError(f"frame of {length} bytes is too large: the peer is not speaking miniray")
-                end = pos + 4 + length
-                if end > n:
-                    break
-                msgs.append(_loads(mv[pos + 4:end]))
-                pos = end
-        finally:
-            mv.release()
-        if pos:
-            del buf[:pos]
-        return msgs
 
     def pending_bytes(self) -> int:
         return len(self._buf)
