@@ -119,6 +119,7 @@ class CoreClient:
         self._reader_mode = False      # the io thread reads for everyone
         self._io_thread_id = None      # ident of the thread inside _read_some
         self.deferred_interrupt = None  # set by a signal handler during _read_some
+        self.critical = 0               # > 0: inside decode/imports; interrupts wait
         # Drivers keep Python's KeyboardInterrupt; workers install a handler
         # that defers during reads, so only drivers hold SIGINT back there.
         self._guard_sigint = role == "driver"
@@ -427,6 +428,10 @@ class CoreClient:
             self._learn(missing, payloads)
         values = []
         error = None
+        # Decoding may import numpy and creates the pins: a cancel landing in
+        # the middle would leak a pin or leave a module half imported, so the
+        # worker's SIGINT handler defers while ``critical``.
+        self.critical += 1
         try:
             for oid in oids:
                 payload = fetched.pop(oid, None)
@@ -440,9 +445,12 @@ class CoreClient:
                     error = value
                 values.append(value)
         finally:
+            self.critical -= 1
             for oid, (kind, data) in fetched.items():    # not decoded: release
                 if type(data) is not bytes:
                     self._unpin(oid)
+        if self.deferred_interrupt is not None and not self.critical:
+            self._raise_deferred()
         if error is not None:
             raise as_raisable(error)
         return values
@@ -540,12 +548,8 @@ class CoreClient:
                 with cond:
                     self._reading = False
                     cond.notify_all()
-            if self.deferred_interrupt is not None:
-                interrupt, self.deferred_interrupt = self.deferred_interrupt, None
-                try:
-                    raise interrupt
-                finally:
-                    del interrupt     # no frame <-> traceback cycle keeping args alive
+            if self.deferred_interrupt is not None and not self.critical:
+                self._raise_deferred()
 
     def _read_some(self, deadline) -> bool:
         """One recv + dispatch; False on timeout or a dead socket.
@@ -592,6 +596,13 @@ class CoreClient:
             return True
         finally:
             self._io_thread_id = None
+
+    def _raise_deferred(self) -> None:
+        interrupt, self.deferred_interrupt = self.deferred_interrupt, None
+        try:
+            raise interrupt
+        finally:
+            del interrupt     # no frame <-> traceback cycle keeping args alive
 
     def reading_in(self, thread_id) -> bool:
         """Is ``thread_id`` inside a socket read right now?  (A signal handler

@@ -139,13 +139,15 @@ class Worker:
         tid = st.cancel_tid
         if tid is not None and tid == st.current_tid:
             st.cancel_tid = None
-            exc = TaskCancelledError(tid.hex())
-            if self.client is not None and self.client.reading_in(self.main_ident):
-                # Inside a socket read: raising now could lose the frames
-                # being parsed; the read raises it when it is done.
-                self.client.deferred_interrupt = exc
+            client = self.client
+            if client is not None and (client.critical or client.reading_in(self.main_ident)):
+                # Inside a socket read or a decode: raising now could lose
+                # frames or pins; the runtime raises it when it is done.
+                client.deferred_interrupt = TaskCancelledError(tid.hex())
                 return
-            raise exc
+            # No local holds the exception: a frame <-> traceback cycle
+            # would keep the task's arguments alive until a GC pass.
+            raise TaskCancelledError(tid.hex())
 
     # -- the loop ------------------------------------------------------------------
     def run(self):

@@ -383,3 +383,186 @@ def test_keyboard_interrupt_during_send_keeps_the_stream_intact():
     shuts the whole node down."""
     proc = run_driver(_KBINT_SEND, timeout=30)
     assert "errors [] after 7" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_cancel_of_a_sleeping_task_does_not_keep_its_args_alive(ray_factory):
+    """The cancel of a task busy outside any read is raised by the worker's
+    SIGINT handler (``raise exc``, the exception in a local of the handler's
+    frame): again a frame <-> traceback cycle that keeps the task's arguments
+    (the nested ref here) alive until the worker's cyclic GC runs."""
+    ray_factory(num_cpus=1, object_store_memory=64 * 2**20)
+
+    @miniray.remote
+    def sleeper(refs):
+        time.sleep(30)
+
+    big = miniray.put(np.ones(100_000))           # 800 KB in the arena
+    oid = big.id
+    outer = sleeper.remote([big])
+    time.sleep(0.5)
+    miniray.cancel(outer)
+    with pytest.raises(TaskCancelledError):
+        miniray.get(outer, timeout=10)
+    del big, outer
+    gc.collect()
+    freed = wait_for(lambda: object_info(oid) is None, 5)
+    assert freed, f"the cancelled task's argument is still held: {object_info(oid)}"
+
+
+def test_cancel_during_decode_releases_the_pin(ray_factory):
+    """``get_values`` pops a fetched payload and then decodes it; a cancel
+    (SIGUSR1 poke -> TaskCancelledError) that lands inside ``decode`` before
+    the pin object exists (``pinned_view`` imports numpy lazily: the first
+    get of an arena object in a worker spends tens of ms importing it) leaks
+    the node's pin on that object.  The import is made slow here."""
+    ray_factory(num_cpus=1, object_store_memory=64 * 2**20)
+
+    @miniray.remote
+    def prepare():
+        import sys
+        import time as t
+
+        class SlowNumpyImport:          # the first ``import numpy`` takes 2 s
+            def find_spec(self, name, path=None, target=None):
+                if name == "numpy":
+                    sys.meta_path.remove(self)
+                    t.sleep(2)
+                return None
+
+        if "numpy" in sys.modules:
+            return False
+        sys.meta_path.insert(0, SlowNumpyImport())
+        return True
+
+    @miniray.remote
+    def reads(refs):
+        return miniray.get(refs[0]).sum()
+
+    @miniray.remote
+    def collect():
+        import gc as g
+        return g.collect()
+
+    if not miniray.get(prepare.remote(), timeout=20):
+        pytest.skip("the worker has numpy imported already")
+    big = miniray.put(np.ones(100_000))           # 800 KB in the arena
+    oid = big.id
+    outer = reads.remote([big])
+    time.sleep(1.0)                                # inside the slow import
+    miniray.cancel(outer)
+    with pytest.raises(TaskCancelledError):
+        miniray.get(outer, timeout=10)
+    del big, outer
+    miniray.get(collect.remote(), timeout=10)      # rule out reference cycles
+    gc.collect()
+    freed = wait_for(lambda: object_info(oid) is None, 5)
+    assert freed, f"the object is still pinned: {object_info(oid)}"
+
+
+def test_cancel_inside_runtime_import_does_not_poison_the_worker(ray_factory):
+    """``Arena.pinned_view`` imports numpy lazily, so the first get of an
+    arena object in a fresh worker spends tens of ms inside ``import numpy``;
+    a cancel (poke -> TaskCancelledError) landing there leaves numpy half
+    imported (its C core loaded), and every later task in that pooled worker
+    fails with "ImportError: cannot load module more than once per process".
+    Seen in ~3% of cancels timed at a first get; made deterministic here by
+    slowing down the ``import datetime`` that numpy's C core init does."""
+    ray_factory(num_cpus=1, object_store_memory=64 * 2**20)
+
+    @miniray.remote
+    def prepare():
+        import sys
+        import time as t
+
+        class SlowDatetime:            # imported by numpy's C core init
+            def find_spec(self, name, path=None, target=None):
+                if name == "datetime":
+                    sys.meta_path.remove(self)
+                    t.sleep(2)
+                return None
+
+        if "numpy" in sys.modules or "datetime" in sys.modules:
+            return False
+        sys.meta_path.insert(0, SlowDatetime())
+        return True
+
+    @miniray.remote
+    def reads(refs):
+        return float(miniray.get(refs[0]).sum())
+
+    @miniray.remote
+    def uses_numpy():
+        import numpy
+        return float(numpy.ones(3).sum())
+
+    if not miniray.get(prepare.remote(), timeout=20):
+        pytest.skip("the worker has numpy imported already")
+    big = miniray.put(np.ones(100_000))           # 800 KB in the arena
+    outer = reads.remote([big])
+    time.sleep(1.0)                                # inside the slow import
+    miniray.cancel(outer)
+    with pytest.raises(Exception):
+        miniray.get(outer, timeout=10)
+    assert miniray.get(uses_numpy.remote(), timeout=10) == 3.0
+
+
+@pytest.fixture
+def started_node(tmp_path):
+    """A node started with ``miniray start --head`` (stopped and checked after)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.conftest import assert_clean, wait_gone
+    env = dict(os.environ, MINIRAY_CLUSTER_DIR=str(tmp_path))
+
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "miniray.cli", *args], capture_output=True,
+                             text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out
+
+    cli("start", "--head", "--num-cpus", "1", "--object-store-memory", str(64 * 2**20))
+    info = json.loads((tmp_path / "cluster.json").read_text())
+    pids = {info["pid"]} | {p.pid for p in psutil.Process(info["pid"]).children(recursive=True)}
+    yield env
+    try:
+        pids |= {p.pid for p in psutil.Process(info["pid"]).children(recursive=True)}
+    except psutil.Error:
+        pass
+    cli("stop")
+    assert not wait_gone(pids, timeout=20)
+    assert_clean(set())
+
+
+def test_driver_with_many_open_files_can_get(started_node):
+    """``_read_some`` now ``select.select``s before every read on a driver's
+    main thread (before: only for gets with a timeout, which failed the same
+    way).  select() cannot take a descriptor >= FD_SETSIZE (1024): a driver
+    that has 1100 files open when it connects gets ValueError from every get.
+    (``_runtime.start_node`` has the same select, so ``init()`` without an
+    address fails there already.)"""
+    import resource
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 1200:
+        pytest.skip("the hard limit on open files is below 1200")
+    proc = run_driver("""
+        import os, resource, miniray
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+        files = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+        miniray.init(address="auto")
+
+        @miniray.remote
+        def f():
+            return 1
+        for kw in ({}, {"timeout": 10}):
+            try:
+                print("get", miniray.get(f.remote(), **kw), flush=True)
+            except Exception as exc:
+                print("get failed", type(exc).__name__, exc, flush=True)
+        miniray.shutdown()
+    """, timeout=30, env=started_node)
+    assert proc.stdout.count("get 1") == 2, proc.stdout + proc.stderr[-2000:]
