@@ -114,12 +114,14 @@ class CoreClient:
             self._serializers_sent = ser.registry_version()
         self._closing = False
         self._frames = reader
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
         self._cond = threading.Condition(threading.Lock())
         self._reading = False          # a thread is reading the socket (under _cond)
         self._reader_mode = False      # the io thread reads for everyone
         self._io_thread_id = None      # ident of the thread inside _read_some
         self.deferred_interrupt = None  # set by a signal handler during _read_some
-        self.critical = 0               # > 0: inside decode/imports; interrupts wait
+        self.critical = 0               # > 0: the main thread decodes; its interrupts wait
         # Drivers keep Python's KeyboardInterrupt; workers install a handler
         # that defers during reads, so only drivers hold SIGINT back there.
         self._guard_sigint = role == "driver"
@@ -431,7 +433,9 @@ class CoreClient:
         # Decoding may import numpy and creates the pins: a cancel landing in
         # the middle would leak a pin or leave a module half imported, so the
         # worker's SIGINT handler defers while ``critical``.
-        self.critical += 1
+        main = threading.current_thread() is _MAIN
+        if main:
+            self.critical += 1
         try:
             for oid in oids:
                 payload = fetched.pop(oid, None)
@@ -445,11 +449,12 @@ class CoreClient:
                     error = value
                 values.append(value)
         finally:
-            self.critical -= 1
+            if main:
+                self.critical -= 1
             for oid, (kind, data) in fetched.items():    # not decoded: release
                 if type(data) is not bytes:
                     self._unpin(oid)
-        if self.deferred_interrupt is not None and not self.critical:
+        if main and self.deferred_interrupt is not None and not self.critical:
             self._raise_deferred()
         if error is not None:
             raise as_raisable(error)
@@ -548,7 +553,8 @@ class CoreClient:
                 with cond:
                     self._reading = False
                     cond.notify_all()
-            if self.deferred_interrupt is not None and not self.critical:
+            if self.deferred_interrupt is not None and not self.critical and \
+                    threading.current_thread() is _MAIN:
                 self._raise_deferred()
 
     def _read_some(self, deadline) -> bool:
@@ -575,7 +581,8 @@ class CoreClient:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                if not select.select((sock,), (), (), left)[0]:
+                # poll, not select: select fails for descriptors >= 1024.
+                if not self._poller.poll(-1 if left is None else left * 1000):
                     return False
             if guard:
                 old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)

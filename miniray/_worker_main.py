@@ -180,7 +180,20 @@ class Worker:
             pass
 
     # -- running a task ---------------------------------------------------------------
-    def resolve_args(self, spec, deps, args):
+    def resolve_args(self, spec, deps, args, on_main=False):
+        client = self.client
+        if not on_main:
+            return self._resolve_args(spec, deps, args)
+        # Decoding makes pins and may import numpy: a cancel waits it out.
+        client.critical += 1
+        try:
+            return self._resolve_args(spec, deps, args)
+        finally:
+            client.critical -= 1
+            if client.deferred_interrupt is not None and not client.critical:
+                client._raise_deferred()
+
+    def _resolve_args(self, spec, deps, args):
         client = self.client
         if type(args) is bytes:
             args_list, kwargs, positions = ser.loads_from(args)
@@ -211,7 +224,7 @@ class Worker:
                 # A pooled worker runs each task in its job's namespace.
                 extra = spec[S.EXTRA]
                 self.runtime.namespace = extra.get("namespace") if extra else None
-            args_list, kwargs = self.resolve_args(spec, deps, args)
+            args_list, kwargs = self.resolve_args(spec, deps, args, on_main)
             if spec[S.METHOD] == "__init__":
                 self.construct_actor(spec, args_list, kwargs)
                 results = [(None, VALUE, None, ())]
