@@ -712,6 +712,9 @@ class CoreClient:
                 with self._cond:
                     self._reading = False
                     self._cond.notify_all()
+            if self._closing:
+                # Waiters of a reader-mode client must not outlive it.
+                self._mark_broken(None)
 
     def _handle(self, msg) -> None:
         if msg[0] == M.REPLY:

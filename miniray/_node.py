@@ -45,6 +45,7 @@ EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 HUGE_PAGE = 2 * 2**20
 LARGE_WRITE = 8 * 2**20  # an ALLOC this large pauses the prefault
+POKE_TRIES = 20          # SIGUSR1s at most per cancel while output is pending
 IDLE_CHECK_S = 2.0      # how often extra idle workers are looked at
 IDLE_EXIT_S = 10.0      # how long an extra worker may stay idle
 
@@ -253,21 +254,22 @@ class Node:
     def poke(self, w) -> None:
         """Make a worker busy in a task read its socket (for a CANCEL_TASK
         just queued to it): SIGUSR1 once the message is written.  A worker
-        whose output is not all written yet is poked again next turn."""
-        if w not in self._pokes:
-            self._pokes.append(w)
+        whose output is not all written yet is poked again next turn, a
+        bounded number of times (each poke interrupts its blocking calls)."""
+        if all(p is not w for p, _ in self._pokes):
+            self._pokes.append((w, POKE_TRIES))
 
     def _poke_workers(self) -> None:
         pokes, self._pokes = self._pokes, []
-        for w in pokes:
+        for w, tries in pokes:
             if w.state == "dead" or w.conn is None:
                 continue
             try:
                 os.kill(w.pid, signal.SIGUSR1)
             except ProcessLookupError:
                 continue
-            if w.conn.out:
-                self._pokes.append(w)
+            if w.conn.out and tries > 1:
+                self._pokes.append((w, tries - 1))
         if self._pokes:
             self.add_timer(0.01, lambda: None)   # come back soon
 

@@ -113,8 +113,10 @@ def start_node(num_cpus, resources, object_store_memory, *, num_gpus=None,
             left = deadline - time.monotonic()
             if left <= 0 or proc.poll() is not None:
                 break
-            ready, _, _ = select.select([r], [], [], min(left, 0.5))
-            if ready:
+            # poll, not select: select fails for descriptors >= 1024.
+            poller = select.poll()
+            poller.register(r, select.POLLIN)
+            if poller.poll(min(left, 0.5) * 1000):
                 chunk = os.read(r, 64)
                 if not chunk:
                     break

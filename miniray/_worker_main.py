@@ -111,6 +111,8 @@ class Worker:
         if tag == M.CANCEL_TASK:
             tid = msg[1]
             st = self.state
+            if tid in st.cancelled:      # a repeated delivery: act once
+                return
             st.cancelled.add(tid)
             if self.loop is not None:
                 # An async actor's call: cancel its asyncio task.

@@ -53,6 +53,9 @@ class TaskCancelledError(RayError):
         super().__init__(message or (f"Task {task_id} was cancelled" if task_id else
                                      "This task or its dependency was cancelled"))
 
+    def __reduce__(self):
+        return (type(self), (self.task_id, str(self)))
+
 
 class WorkerCrashedError(RayError):
     """The worker running the task died (exit, signal, segfault) and the
