@@ -532,27 +532,32 @@ class CoreClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         cond = self._cond
         while True:
-            with cond:
-                while True:
-                    if ready():
-                        return True
-                    if not self._reading and not self._reader_mode:
-                        self._reading = True
-                        break
-                    if deadline is None:
-                        cond.wait()
-                    else:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            return False
-                        cond.wait(left)
+            leading = False
             try:
+                with cond:
+                    while True:
+                        if ready():
+                            return True
+                        if not self._reading and not self._reader_mode:
+                            # In this order, an interrupt between the two
+                            # lines cannot leave the flag set with no reader.
+                            leading = True
+                            self._reading = True
+                            break
+                        if deadline is None:
+                            cond.wait()
+                        else:
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                return False
+                            cond.wait(left)
                 if not self._read_some(deadline):
                     return ready()
             finally:
-                with cond:
-                    self._reading = False
-                    cond.notify_all()
+                if leading:
+                    with cond:
+                        self._reading = False
+                        cond.notify_all()
             if self.deferred_interrupt is not None and not self.critical and \
                     threading.current_thread() is _MAIN:
                 self._raise_deferred()
