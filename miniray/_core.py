@@ -348,11 +348,21 @@ class CoreClient:
         return fut
 
     # -- objects -------------------------------------------------------------------------------
-    def decode(self, oid, kind, data):
+    def decode(self, oid, kind, data, known=False):
+        """Rebuild a value from a payload.  A view of an arena object is
+        pinned by the node (it came in a reply: released with UNPIN), or,
+        with ``known``, by this process's own ref to it: the view counts as
+        one more local ref, so the node hears DECREF only when refs and views
+        are all gone."""
         if type(data) is bytes:
             return ser.loads_from(data)
         offset, size = data
-        view = self.arena.pinned_view(offset, size, self._unpin, oid)
+        if known:
+            self.add_owned(oid)
+            release = self.remove
+        else:
+            release = self._unpin
+        view = self.arena.pinned_view(offset, size, release, oid)
         try:
             return ser.loads_from(view)
         finally:
@@ -444,7 +454,7 @@ class CoreClient:
                     value = self.decode(oid, kind, data)          # pinned by the node
                 else:
                     kind, data = known[oid]
-                    value = self.decode_known(oid, kind, data)    # pinned by our ref
+                    value = self.decode(oid, kind, data, known=True)  # pinned by our ref
                 if kind == ERROR and error is None:
                     error = value
                 values.append(value)
@@ -459,20 +469,6 @@ class CoreClient:
         if error is not None:
             raise as_raisable(error)
         return values
-
-    def decode_known(self, oid, kind, data):
-        """Decode an object this process holds a ref to, without asking the
-        node: a view of it counts as one more local ref, so the node hears
-        DECREF only when refs and views are all gone."""
-        if type(data) is bytes:
-            return ser.loads_from(data)
-        offset, size = data
-        self.add_owned(oid)
-        view = self.arena.pinned_view(offset, size, self.remove, oid)
-        try:
-            return ser.loads_from(view)
-        finally:
-            view.release()
 
     def _learn(self, oids, payloads) -> None:
         refs = self.local_refs

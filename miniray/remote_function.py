@@ -52,6 +52,7 @@ class RemoteFunction:
         self._function = fn
         self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
         self._options = validate_task_options(dict(options or {}))
+        self._fixed = _fixed_fields(self._options)
         self._key = None
         self._blob = None
         self._sig = None
@@ -71,11 +72,12 @@ class RemoteFunction:
     def options(self, **options):
         merged = dict(self._options)
         merged.update(validate_task_options(options))
+        fixed = _fixed_fields(merged)
         parent = self
 
         class _Options:
             def remote(self, *args, **kwargs):
-                return parent._submit(args, kwargs, merged)
+                return parent._submit(args, kwargs, fixed)
 
             def __call__(self, *args, **kwargs):
                 return parent(*args, **kwargs)
@@ -83,12 +85,12 @@ class RemoteFunction:
         return _Options()
 
     def remote(self, *args, **kwargs):
-        return self._submit(args, kwargs, self._options)
+        return self._submit(args, kwargs, self._fixed)
 
     def bind(self, *args, **kwargs):
         raise NotImplementedError("DAG building (.bind) is not supported by miniray; use .remote()")
 
-    def _submit(self, args, kwargs, opts):
+    def _submit(self, args, kwargs, fixed):
         rt = _runtime.current_or_init()
         client = rt.client
         if self._key is None:
@@ -98,16 +100,10 @@ class RemoteFunction:
         client.register_function(self._key, self._blob)
         payload, args_oid, deps, pins = _runtime.pack_args(
             rt, args, kwargs, f"'{self._name}'", self._sig.bind if self._sig.sig else None)
-        n = opts.get("num_returns", 1)
-        retries = opts.get("max_retries", DEFAULT_MAX_RETRIES)
-        if retries == -1:
-            retries = 1 << 30
-        retry_exc = opts.get("retry_exceptions") or False
-        if isinstance(retry_exc, list):
-            retry_exc = tuple(retry_exc)
+        n, shape, retries, retry_exc = fixed
         tid = new_task_id()
         extra = None if rt.namespace is None else {"namespace": rt.namespace}
-        spec = (tid, self._key, self._name, payload, args_oid, deps, n, task_shape(opts),
+        spec = (tid, self._key, self._name, payload, args_oid, deps, n, shape,
                 retries, retry_exc, pins, None, None, extra)
         client.send_later((SUBMIT, spec))
         if n == 1:
@@ -118,6 +114,19 @@ class RemoteFunction:
 
     def __reduce__(self):
         return (_rebuild, (self._function, self._options))
+
+
+def _fixed_fields(opts):
+    """The spec fields that depend only on the options, computed once per
+    options set instead of on every submit: (num_returns, resource shape,
+    retries, retry_exceptions)."""
+    retries = opts.get("max_retries", DEFAULT_MAX_RETRIES)
+    if retries == -1:
+        retries = 1 << 30
+    retry_exc = opts.get("retry_exceptions") or False
+    if isinstance(retry_exc, list):
+        retry_exc = tuple(retry_exc)
+    return opts.get("num_returns", 1), task_shape(opts), retries, retry_exc
 
 
 def _rebuild(fn, options):

@@ -145,6 +145,16 @@ def _no_runtime_leaks_between_tests(request):
         pytest.fail("the test left a runtime running (it was shut down and checked)")
 
 
+def wait_for(cond, timeout=10.0, interval=0.02) -> bool:
+    """Poll ``cond`` until it is true or ``timeout`` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return cond()
+
+
 def run_driver(code: str, timeout=60, env=None):
     """Run ``code`` as a separate driver script; returns CompletedProcess."""
     import subprocess

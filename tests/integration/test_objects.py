@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 import miniray
+from tests.conftest import wait_for
 from miniray._protocol import Query
 from miniray.exceptions import GetTimeoutError, ObjectStoreFullError
 
@@ -18,13 +19,6 @@ def stats():
     return miniray._runtime.current().client.query(Query.STATS)
 
 
-def wait_until(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 @miniray.remote
@@ -148,11 +142,11 @@ def test_objects_freed_when_refs_dropped(ray_shared):
     gc.collect()
     base = stats()["arena_used"]
     ref = miniray.put(np.zeros(20_000_000, dtype=np.uint8))
-    assert wait_until(lambda: stats()["arena_used"] >= base + 20_000_000)
+    assert wait_for(lambda: stats()["arena_used"] >= base + 20_000_000)
     del ref
     gc.collect()
     miniray._runtime.current().client.flush_refs()
-    assert wait_until(lambda: stats()["arena_used"] <= base)
+    assert wait_for(lambda: stats()["arena_used"] <= base)
 
 
 def test_view_pins_object(ray_shared):
@@ -169,7 +163,7 @@ def test_view_pins_object(ray_shared):
     del others, view
     gc.collect()
     miniray._runtime.current().client.flush_refs()
-    assert wait_until(lambda: stats()["arena_used"] <= base)
+    assert wait_for(lambda: stats()["arena_used"] <= base)
 
 
 def test_nested_ref_keeps_object_alive(ray_shared):

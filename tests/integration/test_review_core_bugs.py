@@ -21,7 +21,7 @@ import pytest
 import miniray
 from miniray._protocol import Query
 from miniray.exceptions import GetTimeoutError, TaskCancelledError
-from tests.conftest import run_driver
+from tests.conftest import run_driver, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,13 +34,6 @@ def object_info(oid):
     return client().query(Query.OBJECT_INFO, oid)
 
 
-def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 @miniray.remote

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import miniray
+from tests.conftest import wait_for
 from miniray._protocol import Query
 from miniray.exceptions import GetTimeoutError, TaskCancelledError
 
@@ -71,13 +72,6 @@ def run_threads(targets, timeout):
     assert not errors, "\n".join(tb for _, _, tb in errors)
 
 
-def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def assert_arena_released(timeout=10.0):
