@@ -12,19 +12,23 @@ Message fields, by tag (``oid`` = 16-byte object id, ``rid`` = request id):
 client -> node
   SUBMIT        spec: TaskSpec tuple (see ``_task_spec``)
   PUT_INLINE    oid, kind, data: bytes, contained: list[oid]
-  ALLOC         rid, oid, size                    -> REPLY offset | ObjectStoreFullError text
-  SEAL          oid, kind, size, contained        (after writing an ALLOC'd range)
+  ALLOC         rid, oid, size                    -> REPLY (offset, reserved) | ObjectStoreFullError
+  SEAL          oid, kind, hold, contained        (after writing an ALLOC'd range)
+  ABORT_ALLOC   oid                               the writer gave up before SEAL: free the range
   GET           rid, oids                         -> REPLY [(kind, data | (offset, size))]
   WAIT          rid, oids, num_returns            -> REPLY sorted ready positions
   WAIT_NOW      rid, wait_rid                     finish a WAIT now with what is ready
   DROP_REQ      rid                               the caller stopped waiting
-  REFS          ops: list[(RefOp, oid)]
+  REFS          ops: list[(RefOp, oid)]           RefOp sent as plain ints (R.INCREF ...)
   REGISTER_FN   key, blob
   SERIALIZERS   blob                              custom serializer registry snapshot
-  TASK_DONE     task_id, results: list[(oid, kind, data | (offset, size) | None, contained)]
+  TASK_DONE     task_id, results: list[(oid, kind, data | (offset, size) | None, contained)],
+                retryable: bool, note: str | None  (note: a failed constructor's error text,
+                so the node never unpickles an error to describe a dead actor)
   CANCEL        oid, force
   QUERY         rid, what: Query, arg             -> REPLY (cluster/actor queries)
-  ACTOR_CREATE  spec
+  ACTOR_CREATE  rid, spec, opts                    -> REPLY (aid, meta, created)
+                (opts['meta'] is bytes made by the client: the node stores and returns it)
   ACTOR_CALL    spec
   ACTOR_KILL    actor_id, no_restart
   SHUTDOWN
@@ -36,6 +40,8 @@ node -> client
   CANCEL_TASK   task_id
   SERIALIZERS   blob
   EXIT          reason                            (to a worker: exit now)
+  BAD_FRAME     text                              a frame from this client could not be
+                                                  decoded or handled; nothing else was lost
   JOB           sys_path                          (to workers: a driver joined)
 """
 from __future__ import annotations
@@ -45,7 +51,7 @@ import pickle
 import struct
 from collections import deque
 
-__all__ = ["Msg", "RefOp", "Kind", "Query", "M", "K", "Q", "encode", "FrameReader", "HEADER"]
+__all__ = ["Msg", "RefOp", "Kind", "Query", "M", "R", "K", "Q", "encode", "FrameReader", "HEADER"]
 
 HEADER = struct.Struct("<I")
 _pack_len = HEADER.pack
@@ -75,13 +81,13 @@ class Msg(enum.IntEnum):
     ACTOR_CALL = 18
     ACTOR_KILL = 19
     SHUTDOWN = 21
+    ABORT_ALLOC = 20
     REPLY = 22
     EXECUTE = 23
     CANCEL_TASK = 24
     EXIT = 25
-    BLOCKED = 26
-    UNBLOCKED = 27
     JOB = 28
+    BAD_FRAME = 29
 
 
 class RefOp(enum.IntEnum):
@@ -114,6 +120,7 @@ def _as_ints(enum_cls):
 
 
 M = _as_ints(Msg)
+R = _as_ints(RefOp)
 K = _as_ints(Kind)
 Q = _as_ints(Query)
 

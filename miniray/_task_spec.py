@@ -13,7 +13,9 @@ it, the node schedules by it, the worker runs it.
     NUM_RETURNS  number of return objects
     RESOURCES    resource shape (tuple of (name, amount))
     MAX_RETRIES  retries left after a worker crash
-    RETRY_EXC    retry on application exceptions too (bool or tuple of types)
+    RETRY_EXC    retry on application exceptions too: False, True, or bytes (the
+                 serialized tuple of exception types; only the worker decodes it:
+                 daemons never unpickle a user's object)
     PINS         ids the task keeps alive while pending (refs nested in args)
     ACTOR_ID     for actor calls / creation: the actor's 16-byte id, else None
     METHOD       actor method name ("__init__" for creation), else None
