@@ -9,62 +9,27 @@ Calls queue per actor in submission order and go to the actor's worker as
 soon as their args are ready and every earlier call has gone, so the worker
 receives them in order and can run them back to back.  States:
 
-    placing -> starting (constructor sent) -> alive -> dead
-                     ^                          |
-                     +------ restarting <-------+  (worker died, restarts left)
+    placing ──(resources fit)──► awaiting_worker ──(worker bound)──► starting
+                                       ▲                                │ constructor done
+                                       │ worker died, restarts left     ▼
+                                       └──────────────────────────── alive
+    any state ──(killed, out of scope, constructor failed, no restarts left)──► dead
+
+Part of the node's pure state (``_node_state``): no sockets, no processes;
+it kills and messages workers through the state's instructions.  The
+actor's ``meta`` (class name, method table) is bytes made by the creating
+client: stored and handed back, never decoded here.
 """
 from __future__ import annotations
 
-import io
-import os
-import pickle
-import signal
 from collections import deque
 
 from . import _protocol as P
 from . import _task_spec as S
 from ._object_table import READY
-from ._serialization import read_from
 from .exceptions import ActorDiedError, ActorUnschedulableError, TaskCancelledError
 
 M = P.M
-
-
-class _Opaque:
-    """Stands in for a user class while reading an error's text: the daemon
-    never imports user modules nor runs user code."""
-
-    def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
-
-    def __init__(self, *args, **kwargs):
-        self.args = args
-
-    def __setstate__(self, state):
-        pass
-
-    def __str__(self):
-        return f"{type(self).__name__}{self.args!r}"
-
-
-class _TextUnpickler(pickle.Unpickler):
-    _allowed = {"miniray.exceptions", "builtins", "copyreg", "_codecs"}
-
-    def find_class(self, module, name):
-        if module in self._allowed:
-            return super().find_class(module, name)
-        return type(name.rpartition(".")[2], (_Opaque,), {"__module__": module})
-
-
-def error_text(payload) -> str:
-    """The message of a serialized error (a RayTaskError from a worker),
-    read without importing the user's modules in the daemon."""
-    try:
-        meta, buffers = read_from(payload)
-        err = _TextUnpickler(io.BytesIO(meta), buffers=buffers).load()
-        return str(err)
-    except Exception as exc:
-        return f"(its error could not be read: {type(exc).__name__}: {exc})"
 
 
 def _one_at_a_time(a) -> bool:
@@ -107,8 +72,8 @@ class Actor:
 
 
 class ActorManager:
-    def __init__(self, node):
-        self.node = node
+    def __init__(self, st):
+        self.st = st
         self.actors: dict[bytes, Actor] = {}
         self.named: dict[tuple, bytes] = {}
         self.placing: deque = deque()
@@ -117,70 +82,70 @@ class ActorManager:
         return sum(1 for a in self.actors.values() if a.state != "dead")
 
     # -- creation ---------------------------------------------------------------------
-    def on_create(self, conn, msg) -> None:
+    def on_create(self, client, msg) -> None:
         _, rid, spec, opts = msg
-        node = self.node
+        st = self.st
         name = opts.get("name")
         key = (opts.get("namespace"), name)
         if name:
             existing = self.actors.get(self.named.get(key))
             if existing is not None and existing.state != "dead":
                 if opts.get("get_if_exists"):
-                    conn.send((M.REPLY, rid, True, (existing.aid, existing.meta, False)))
+                    st.send(client, (M.REPLY, rid, True, (existing.aid, existing.meta, False)))
                     return
-                conn.send((M.REPLY, rid, False, ValueError(
+                st.send(client, (M.REPLY, rid, False, ValueError(
                     f"an actor named '{name}' already exists in namespace "
                     f"'{opts.get('namespace')}'. Use miniray.get_actor('{name}') to get it, or "
                     f".options(name='{name}', get_if_exists=True) to create it only if missing.")))
                 return
         aid = spec[S.ACTOR_ID]
-        a = Actor(aid, spec, opts, conn)
+        if aid in self.actors:
+            raise ValueError(f"actor id {aid.hex()} is already in use")
+        a = Actor(aid, spec, opts, client)
+        table = st.table
+        t = st.tasks.create(spec, client, actor=a)
         self.actors[aid] = a
         if name:
             self.named[key] = aid
-        e = node.table.get_or_create(aid)
+        e = table.hold(client.held, aid)
         e.kind = P.K.ACTOR_HANDLE
         e.state = READY
-        if aid not in conn.held:
-            conn.held.add(aid)
-            e.holders += 1
         if a.detached:
-            e.pins += 1
-        t = node.tasks.create(spec, conn, actor=a)
+            table.pin(aid)
         if a.restarts_left != 0:
             # A restart runs the constructor again with the same args: keep
             # them alive as long as the actor, not just until the first run.
-            a.arg_pins = node.tasks._pinned(spec)
+            a.arg_pins = st.tasks._pinned(spec)
             for oid in a.arg_pins:
-                node.table.get_or_create(oid).pins += 1
+                table.pin(oid)
         a.queue.append(t)
-        node.tasks.start(t)
-        conn.send((M.REPLY, rid, True, (aid, a.meta, True)))
-        why = node.resources.never_fits(a.shape)
+        st.tasks.start(t)
+        st.send(client, (M.REPLY, rid, True, (aid, a.meta, True)))
+        why = st.resources.never_fits(a.shape)
         if why:
             self._die(a, ActorUnschedulableError(
                 f"{a.describe()} {why}: it can never start. Lower num_cpus/resources in "
                 f".options(...) or start the node with more resources.", actor_id=aid))
             return
         self.placing.append(a)
-        node.schedule_needed = True
+        st.schedule_needed = True
 
     def schedule(self) -> None:
-        node = self.node
+        st = self.st
         while self.placing:
             a = self.placing[0]
             if a.state == "dead":
                 self.placing.popleft()
                 continue
-            if not node.resources.fits_now(a.shape):
+            if not st.resources.fits_now(a.shape):
                 return
             self.placing.popleft()
-            node.resources.acquire(a.shape)
+            st.resources.acquire(a.shape)
             a.state = "awaiting_worker"
-            if node.idle:
-                self._bind(a, node.idle.pop())
+            if st.idle:
+                self._bind(a, st.idle.pop())
             else:
-                node.spawn_worker()
+                st.spawn_worker()
 
     def claim_new_worker(self, w) -> bool:
         for a in self.actors.values():
@@ -190,34 +155,34 @@ class ActorManager:
         return False
 
     def _bind(self, a: Actor, w) -> None:
-        node = self.node
+        st = self.st
         a.worker = w
         a.pid = w.pid
         w.actor = a
         w.state = "actor"
         a.state = "starting"
-        if node.pool_count() < node.pool_size:
-            node.spawn_worker()
+        if st.pool_count() < st.pool_size:
+            st.spawn_worker()
         self.pump(a)
 
     # -- calls --------------------------------------------------------------------------
-    def on_call(self, conn, msg) -> None:
+    def on_call(self, client, msg) -> None:
         spec = msg[1]
-        node = self.node
+        tasks = self.st.tasks
         a = self.actors.get(spec[S.ACTOR_ID])
-        t = node.tasks.create(spec, conn, actor=a)
+        t = tasks.create(spec, client, actor=a)
         if a is None or a.state == "dead":
-            node.tasks.fail(t, a.death if a is not None else ActorDiedError(
+            tasks.fail(t, a.death if a is not None else ActorDiedError(
                 "the actor is unknown to this node (it died and was forgotten)"))
             return
         a.queue.append(t)
-        node.tasks.start(t)
+        tasks.start(t)
 
     def pump(self, a: Actor) -> None:
         """Send every call at the head of the queue whose args are ready."""
-        if a.worker is None or a.worker.conn is None or a.state in ("dead", "placing"):
+        if a.worker is None or a.worker.client is None or a.state in ("dead", "placing"):
             return
-        tasks = self.node.tasks
+        tasks = self.st.tasks
         q = a.queue
         while q:
             t = q[0]
@@ -237,12 +202,13 @@ class ActorManager:
             a.inflight[t.tid] = t
             tasks.dispatch(t, a.worker)
 
-    def on_ready(self, a: Actor, error_payload) -> None:
-        """The constructor finished (TASK_DONE of the ``__init__`` task)."""
+    def on_ready(self, a: Actor, error_text) -> None:
+        """The constructor finished (TASK_DONE of the ``__init__`` task);
+        ``error_text`` says why it failed, or is None."""
         if a.state == "dead":
             return
-        if error_payload is not None:
-            text = error_text(error_payload)
+        if error_text is not None:
+            text = error_text
             self._die(a, ActorDiedError(
                 f"{a.describe()} died because its constructor raised:\n{text}", actor_id=a.aid))
             return
@@ -279,10 +245,10 @@ class ActorManager:
         self._die(a, ActorDiedError(
             f"{a.describe()} exited because every handle to it went out of scope.",
             actor_id=a.aid))
-        if w is not None and w.conn is not None:
-            w.conn.send((M.EXIT, "actor out of scope"))
+        if w is not None and w.client is not None:
+            self.st.send(w.client, (M.EXIT, "actor out of scope"))
 
-    def on_kill(self, conn, msg) -> None:
+    def on_kill(self, client, msg) -> None:
         aid, no_restart = msg[1], msg[2]
         reason = msg[3] if len(msg) > 3 else None
         a = self.actors.get(aid)
@@ -296,16 +262,10 @@ class ActorManager:
                 actor_id=aid))
             # An actor ending itself (exit_actor) exits on its own, after
             # its atexit handlers.
-            if w is not None and w.conn is not conn:
-                self._kill_worker(w)
+            if w is not None and w.client is not client:
+                self.st.kill(w)
         elif a.worker is not None:
-            self._kill_worker(a.worker)
-
-    def _kill_worker(self, w) -> None:
-        try:
-            os.kill(w.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            self.st.kill(a.worker)
 
     def worker_died(self, w) -> None:
         a = w.actor
@@ -319,7 +279,8 @@ class ActorManager:
                 a.restarts_left -= 1
             a.num_restarts += 1
             retry, fail = [], []
-            tasks = self.node.tasks
+            st = self.st
+            tasks = st.tasks
             for t in [t for t in a.queue if t.spec[S.METHOD] == "__init__"]:
                 a.queue.remove(t)       # never sent: the new constructor replaces it
                 tasks.forget(t)
@@ -331,7 +292,7 @@ class ActorManager:
                 (retry if budget != 0 else fail).append(t)
             a.inflight.clear()
             for t in fail:
-                self.node.tasks.fail(t, ActorDiedError(
+                tasks.fail(t, ActorDiedError(
                     f"{a.describe()} died while running '{t.spec[S.NAME]}': {reason}. The "
                     f"actor is restarting; set max_task_retries to retry calls like this.",
                     actor_id=a.aid))
@@ -342,11 +303,11 @@ class ActorManager:
                 a.queue.appendleft(t)
             # The constructor task has no return objects, so the (maybe gone)
             # creator's connection is only named, never written to.
-            init = self.node.tasks.create(a.spec, a.creator, actor=a)
+            init = tasks.create(a.spec, a.creator, actor=a)
             a.queue.appendleft(init)
-            self.node.tasks.start(init)
+            tasks.start(init)
             a.state = "awaiting_worker"
-            self.node.spawn_worker()
+            st.spawn_worker()
             return
         if a.num_restarts:
             hint = (f"It was restarted {a.num_restarts} time(s) and has no restarts left "
@@ -362,12 +323,12 @@ class ActorManager:
         self._die(a, ActorDiedError(f"{a.describe()} died: {reason}. {hint}", actor_id=a.aid))
 
     def _die(self, a: Actor, exc: ActorDiedError) -> None:
-        node = self.node
+        st = self.st
         prev = a.state
         a.state = "dead"
         a.death = exc
         if prev not in ("placing",):
-            node.resources.release(a.shape)
+            st.resources.release(a.shape)
         if a in self.placing:
             self.placing.remove(a)
         pending = list(a.inflight.values()) + list(a.queue)
@@ -375,26 +336,21 @@ class ActorManager:
         a.queue.clear()
         for t in pending:
             if t.state != "done":
-                node.tasks.fail(t, exc)
+                st.tasks.fail(t, exc)
         if a.name and self.named.get((a.namespace, a.name)) == a.aid:
             del self.named[(a.namespace, a.name)]
         w = a.worker
         a.worker = None
         if w is not None:
             w.actor = None
-        node.schedule_needed = True
-        e = node.table.entries.get(a.aid)
-        if e is not None and a.detached:
+        st.schedule_needed = True
+        table = st.table
+        if a.detached:
             a.detached = False
-            e.pins -= 1
-            node.table.release_if_unused(e)
+            table.unpin(a.aid)
         pins, a.arg_pins = a.arg_pins, ()
-        entries = node.table.entries
         for oid in pins:
-            e = entries.get(oid)
-            if e is not None:
-                e.pins -= 1
-                node.release_entry(e)
+            table.unpin(oid)
 
     def cancel(self, t, force) -> None:
         if t.state in ("waiting", "ready") and t.worker is None:
@@ -404,17 +360,17 @@ class ActorManager:
             except ValueError:
                 pass
             t.state = "cancelled"
-            self.node.tasks.fail(t, TaskCancelledError(t.tid.hex()))
+            self.st.tasks.fail(t, TaskCancelledError(t.tid.hex()))
             self.pump(a)
-        elif t.worker is not None and t.worker.conn is not None:
+        elif t.worker is not None and t.worker.client is not None:
             t.cancelled = True
-            t.worker.conn.send((M.CANCEL_TASK, t.tid))
-            self.node.poke(t.worker)
+            self.st.send(t.worker.client, (M.CANCEL_TASK, t.tid))
+            self.st.poke(t.worker)
             a = t.actor
             if a is not None and _one_at_a_time(a) and next(iter(a.inflight), None) != t.tid:
                 # Sent, but an earlier call is still running: fail it now
                 # rather than after that call; the worker skips it.
-                self.node.tasks.fail(t, TaskCancelledError(t.tid.hex()))
+                self.st.tasks.fail(t, TaskCancelledError(t.tid.hex()))
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, what, arg):

@@ -7,19 +7,15 @@
 
 A task pins its argument objects (top-level deps, the arena-stored args,
 refs nested in args) from SUBMIT until it is finished for good, so none of
-them can be freed under it, retries included.  Runs only on the node's loop
-thread; the node object does the I/O.
+them can be freed under it, retries included.  Part of the node's pure
+state (``_node_state``): it emits instructions through ``st.send``,
+``st.kill`` and ``st.poke``, and never touches a socket or a process.
 """
 from __future__ import annotations
-
-import os
-import signal
-import time
 
 from . import _protocol as P
 from . import _task_spec as S
 from ._object_table import READY
-from ._serialization import dumps
 from .exceptions import (TaskCancelledError, TaskUnschedulableError, WorkerCrashedError,
                          ObjectLostError)
 
@@ -51,38 +47,47 @@ class Task:
                 self.cpu = v
         self.lent = False
 
-    def on_ready(self, node, entry):
+    def on_ready(self, st, entry):
         if self.state != "waiting":
             return
         self.deps_left -= 1
         if self.deps_left == 0:
-            node.tasks.deps_ready(self)
+            st.tasks.deps_ready(self)
 
 
 class TaskManager:
-    def __init__(self, node):
-        self.node = node
+    def __init__(self, st):
+        self.st = st
         self.tasks: dict[bytes, Task] = {}
 
     # -- submission -------------------------------------------------------------------
-    def on_submit(self, conn, msg) -> None:
-        t = self.create(msg[1], conn)
+    def on_submit(self, client, msg) -> None:
+        t = self.create(msg[1], client)
         self.start(t)
 
-    def create(self, spec, conn, actor=None) -> Task:
-        t = Task(spec, conn, actor)
+    def create(self, spec, client, actor=None) -> Task:
+        t = Task(spec, client, actor)
+        if t.tid in self.tasks:
+            raise ValueError(f"task id {t.tid.hex()} is already in use")
         self.tasks[t.tid] = t
-        table = self.node.table
-        held = conn.held
+        table = self.st.table
+        held = client.held
         for oid in t.returns:
-            e = table.get_or_create(oid)
-            e.task = t
-            if oid not in held:
-                held.add(oid)
-                e.holders += 1
+            table.hold(held, oid).task = t
         for oid in self._pinned(spec):
-            table.get_or_create(oid).pins += 1
+            table.pin(oid)
         return t
+
+    def fail_returns(self, client, tid, num_returns, exc) -> None:
+        """A submit the node could not read: its caller holds its returns
+        (ids derive from the task id), so they carry the error instead."""
+        table = self.st.table
+        payload = self.st.error_payload(exc)
+        for i in range(num_returns):
+            oid = tid + i.to_bytes(2, "little")
+            e = table.hold(client.held, oid)
+            if e.state != READY and e.task is None:
+                self.st.notify(e, table.seal(e, ERROR, payload, ()))
 
     @staticmethod
     def _pinned(spec):
@@ -95,7 +100,7 @@ class TaskManager:
 
     def start(self, t: Task) -> None:
         """Wait for the task's top-level args, then make it ready."""
-        entries = self.node.table.entries
+        entries = self.st.table.entries
         left = 0
         deps = list(t.spec[S.DEPS])
         if t.spec[S.ARGS_OID] is not None:
@@ -115,22 +120,22 @@ class TaskManager:
     def deps_ready(self, t: Task) -> None:
         t.state = "ready"
         if t.actor is not None:
-            self.node.actors.pump(t.actor)
+            self.st.actors.pump(t.actor)
             return
-        node = self.node
-        why = node.resources.never_fits(t.shape)
+        st = self.st
+        why = st.resources.never_fits(t.shape)
         if why:
             self.fail(t, TaskUnschedulableError(
                 f"task '{t.spec[S.NAME]}' {why}: it can never run. Lower the request in "
                 f"@remote(...)/.options(...), or start the node with more resources "
                 f"(init(num_cpus=..., resources={{...}}))."))
             return
-        node.ready.push(t.shape, t)
-        node.schedule_needed = True
+        st.ready.push(t.shape, t)
+        st.schedule_needed = True
 
     def dep_error(self, t: Task):
         """The payload of the first failed top-level arg, if any."""
-        entries = self.node.table.entries
+        entries = self.st.table.entries
         for oid in t.spec[S.DEPS]:
             e = entries.get(oid)
             if e is not None and e.kind == ERROR:
@@ -139,8 +144,8 @@ class TaskManager:
 
     # -- dispatch -----------------------------------------------------------------------
     def schedule(self) -> None:
-        node = self.node
-        ready, res, idle = node.ready, node.resources, node.idle
+        st = self.st
+        ready, res, idle = st.ready, st.resources, st.idle
         if ready.count:
             for shape in ready.shapes():
                 while True:
@@ -158,69 +163,70 @@ class TaskManager:
                         continue
                     res.acquire(shape)
                     self.dispatch(t, idle.pop())
-        node.actors.schedule()
+        st.actors.schedule()
 
     def _grow_pool(self) -> None:
         """Start workers for ready tasks that could run now but have no idle
         worker (workers blocked in get lend their CPUs), minus those already
         starting."""
-        node = self.node
-        runnable = node.ready.count_runnable(node.resources.available, limit=8)
-        blocked = sum(1 for w in node.workers.values() if w.blocked)
-        cap = max(4, 2 * node.pool_size) + blocked
-        want = min(runnable, cap - node.pool_count()) - node.starting
+        st = self.st
+        runnable = st.ready.count_runnable(st.resources.available, limit=8)
+        blocked = sum(1 for w in st.workers.values() if w.blocked)
+        cap = max(4, 2 * st.pool_size) + blocked
+        want = min(runnable, cap - st.pool_count()) - st.starting
         for _ in range(max(0, min(want, 4))):
-            node.spawn_worker()
+            st.spawn_worker()
 
     def dispatch(self, t: Task, w) -> None:
-        node = self.node
-        conn = w.conn
+        st = self.st
+        client = w.client
         spec = t.spec
         key = spec[S.FN_KEY]
         blob = None
         if key not in w.fn_keys:
-            blob = node.functions.get(key)
+            blob = st.functions.get(key)
             if blob is None:
                 self.fail(t, ObjectLostError(
                     f"the code of '{spec[S.NAME]}' was never registered with the node"))
                 return
             w.fn_keys.add(key)
-        entries = node.table.entries
-        payload_for = node.payload_for
-        deps = [payload_for(conn, entries[d]) for d in spec[S.DEPS]]
+        entries = st.table.entries
+        payload_for = st.payload_for
+        deps = [payload_for(client, entries[d]) for d in spec[S.DEPS]]
         aoid = spec[S.ARGS_OID]
-        args = spec[S.ARGS] if aoid is None else payload_for(conn, entries[aoid])
+        args = spec[S.ARGS] if aoid is None else payload_for(client, entries[aoid])
         t.state = "running"
         t.worker = w
         if t.actor is None:
             w.task = t
             w.state = "busy"
-        conn.send((M.EXECUTE, spec, blob, deps, args))
+        st.send(client, (M.EXECUTE, spec, blob, deps, args))
 
     # -- completion -------------------------------------------------------------------
-    def on_task_done(self, conn, msg) -> None:
-        _, tid, results, retryable = msg
+    def on_task_done(self, client, msg) -> None:
+        _, tid, results, retryable, note = msg
         t = self.tasks.get(tid)
-        w = conn.worker
+        w = client.worker
         if t is None:
             return
+        st = self.st
         if t.actor is not None and t.spec[S.METHOD] == "__init__":
-            # The constructor's outcome: results == [(None, kind, data, ())].
-            _, kind, data, _ = results[0]
+            # The constructor's outcome: results == [(None, kind, data, ())];
+            # ``note`` is its error's text (the node never unpickles it).
+            kind = results[0][1]
             self.forget(t)
             t.actor.inflight.pop(tid, None)
-            self.node.actors.on_ready(t.actor, data if kind == ERROR else None)
+            st.actors.on_ready(t.actor, (note or "(no error text)") if kind == ERROR else None)
             return
+        retry = retryable and t.retries_left > 0 and not t.cancelled
         if t.actor is None and w is not None and w.task is t:
             self._release_worker(w, t)
-            if retryable and t.retries_left > 0 and not t.cancelled:
+            if retry:
                 t.retries_left -= 1
                 t.state = "ready"
-                t.worker = None
-                self.node.ready.push_front(t.shape, t)
-                self.node.schedule_needed = True
+                st.ready.push_front(t.shape, t)
                 return
-        if t.actor is not None and retryable and t.retries_left > 0 and not t.cancelled:
+        if t.actor is not None and retry:
             # An actor method that raised a retryable exception runs again,
             # after whatever calls the actor already received.
             a = t.actor
@@ -229,46 +235,44 @@ class TaskManager:
             t.state = "ready"
             t.worker = None
             a.queue.appendleft(t)
-            self.node.actors.pump(a)
+            st.actors.pump(a)
             return
-        self.seal_results(t, results, conn)
+        self.seal_results(t, results, client)
         if t.actor is not None:
-            self.node.actors.call_done(t)
+            st.actors.call_done(t)
         self.forget(t)
 
     def _release_worker(self, w, t) -> None:
-        node = self.node
-        node.resources.release(t.shape)
+        st = self.st
+        st.resources.release(t.shape)
         if t.lent:
-            node.resources.available["CPU"] -= t.cpu
+            st.resources.available["CPU"] -= t.cpu
             t.lent = False
         w.task = None
         t.worker = None
         if w.state != "dead":
-            w.state = "idle"
-            w.idle_since = time.monotonic()
-            node.idle.append(w)
-        node.schedule_needed = True
+            st.worker_idle(w)
+        st.schedule_needed = True
 
-    def seal_results(self, t: Task, results, conn) -> None:
-        node = self.node
-        table = node.table
+    def seal_results(self, t: Task, results, client) -> None:
+        st = self.st
+        table = st.table
         for oid, kind, data, contained in results:
             e = table.get_or_create(oid)
             if data is None:
-                conn.unsealed.discard(oid)
+                client.unsealed.discard(oid)
                 if e.offset < 0:
                     continue
             elif e.offset >= 0 and e.state != READY:
                 table.drop_unsealed(oid)
                 e = table.get_or_create(oid)
             e.task = None
-            node.notify(e, table.seal(e, kind, data, contained))
-            node.release_entry(e)
+            st.notify(e, table.seal(e, kind, data, contained))
+            table.release(e)
 
     def seal_all(self, t: Task, error_payload: bytes) -> None:
-        node = self.node
-        table = node.table
+        st = self.st
+        table = st.table
         for oid in t.returns:
             e = table.get_or_create(oid)
             if e.state == READY:
@@ -277,13 +281,13 @@ class TaskManager:
                 table.drop_unsealed(oid)
                 e = table.get_or_create(oid)
             e.task = None
-            node.notify(e, table.seal(e, ERROR, error_payload, ()))
-            node.release_entry(e)
+            st.notify(e, table.seal(e, ERROR, error_payload, ()))
+            table.release(e)
 
     def fail(self, t: Task, exc: BaseException) -> None:
-        self.seal_all(t, dumps(exc))
+        self.seal_all(t, self.st.error_payload(exc))
         if t.actor is not None:
-            self.node.actors.call_done(t)
+            self.st.actors.call_done(t)
         self.forget(t)
 
     def forget(self, t: Task) -> None:
@@ -291,13 +295,9 @@ class TaskManager:
         if self.tasks.pop(t.tid, None) is None:
             return
         t.state = "done"
-        node = self.node
-        entries = node.table.entries
+        unpin = self.st.table.unpin
         for oid in self._pinned(t.spec):
-            e = entries.get(oid)
-            if e is not None:
-                e.pins -= 1
-                node.release_entry(e)
+            unpin(oid)
 
     # -- faults and cancellation ------------------------------------------------------------
     def worker_died(self, w) -> None:
@@ -310,7 +310,7 @@ class TaskManager:
         if t.retries_left > 0:
             t.retries_left -= 1
             t.state = "ready"
-            self.node.ready.push_front(t.shape, t)
+            self.st.ready.push_front(t.shape, t)
             return
         retries = t.spec[S.MAX_RETRIES]
         self.fail(t, WorkerCrashedError(
@@ -320,39 +320,40 @@ class TaskManager:
             f"code, running out of memory): check the task, or raise max_retries."))
 
     def worker_blocked(self, w) -> None:
+        """A worker running a task waits in get/wait: lend its CPUs back so
+        the tasks it waits for can run (nested tasks never deadlock)."""
         t = w.task
         if t is not None and t.cpu and not t.lent:
             t.lent = True
-            self.node.resources.available["CPU"] += t.cpu
-            self.node.schedule_needed = True
+            self.st.resources.available["CPU"] += t.cpu
+            self.st.schedule_needed = True
 
     def worker_unblocked(self, w) -> None:
+        """Take the lent CPUs back (possibly oversubscribing for a moment)."""
         t = w.task
         if t is not None and t.lent:
             t.lent = False
-            self.node.resources.available["CPU"] -= t.cpu
+            self.st.resources.available["CPU"] -= t.cpu
 
-    def on_cancel(self, conn, msg) -> None:
+    def on_cancel(self, client, msg) -> None:
         _, oid, force = msg
         t = self.tasks.get(oid[:14])
         if t is None or t.cancelled:
             return
+        st = self.st
         if t.actor is not None:
-            self.node.actors.cancel(t, force)
+            st.actors.cancel(t, force)
             return
         t.cancelled = True
         if t.state == "running" and t.worker is not None:
             w = t.worker
             if force:
-                try:
-                    os.kill(w.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            elif w.conn is not None:
-                w.conn.send((M.CANCEL_TASK, t.tid))
-                self.node.poke(w)
+                st.kill(w)
+            elif w.client is not None:
+                st.send(w.client, (M.CANCEL_TASK, t.tid))
+                st.poke(w)
             return
         if t.state == "ready":
-            self.node.ready.remove(t.shape, t)
+            st.ready.remove(t.shape, t)
         t.state = "cancelled"
         self.fail(t, TaskCancelledError(t.tid.hex()))

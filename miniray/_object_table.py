@@ -18,12 +18,14 @@ are told when an entry becomes READY.
 """
 from __future__ import annotations
 
+from ._protocol import K
 from .exceptions import ObjectStoreFullError
 from ._store.allocator import Allocator
 
 __all__ = ["ObjectTable", "Entry", "PENDING", "CREATING", "READY"]
 
 PENDING, CREATING, READY = 0, 1, 2
+ACTOR_HANDLE = K.ACTOR_HANDLE   # an actor id doubles as an object id
 
 
 class Entry:
@@ -56,6 +58,7 @@ class ObjectTable:
         self.alloc = Allocator(capacity)
         self.inline_bytes = 0
         self.high_water = 0      # end of the highest range ever handed out
+        self.on_unreachable = None   # callback(entry) for actor handles (see release)
 
     # -- creation -----------------------------------------------------------
     def get_or_create(self, oid) -> Entry:
@@ -106,11 +109,81 @@ class ObjectTable:
         e.waiters = None
         return waiters or ()
 
-    # -- lifetime -------------------------------------------------------------
-    def release_if_unused(self, e: Entry) -> None:
-        if e.holders > 0 or e.pins > 0 or e.state != READY:
-            return
-        if e.waiters:
+    # -- leases: who keeps an entry alive ------------------------------------
+    # Every lease goes through these methods, so each count has one place
+    # that raises it and one that lowers it (and frees the entry at zero).
+    def hold(self, held: set, oid) -> Entry:
+        """A process (its ``held`` set) takes a ref; once per process."""
+        e = self.entries.get(oid)
+        if e is None:
+            e = self.entries[oid] = Entry(oid)
+        if oid not in held:
+            held.add(oid)
+            e.holders += 1
+        return e
+
+    def unhold(self, held: set, oid) -> None:
+        """A process dropped its last ref (DECREF)."""
+        if oid in held:
+            held.discard(oid)
+            e = self.entries.get(oid)
+            if e is not None:
+                e.holders -= 1
+                self.release(e)
+
+    def pin(self, oid) -> Entry:
+        """Something other than a process needs the object: a pending task's
+        argument, a detached actor, a restartable actor's constructor args."""
+        e = self.entries.get(oid)
+        if e is None:
+            e = self.entries[oid] = Entry(oid)
+        e.pins += 1
+        return e
+
+    def unpin(self, oid) -> None:
+        e = self.entries.get(oid)
+        if e is not None:
+            e.pins -= 1
+            self.release(e)
+
+    def pin_view(self, views: dict, e: Entry) -> None:
+        """A zero-copy view of ``e`` was handed to a process (its ``views``)."""
+        e.pins += 1
+        views[e.oid] = views.get(e.oid, 0) + 1
+
+    def unpin_view(self, views: dict, oid) -> None:
+        n = views.get(oid, 0)
+        if n:
+            if n == 1:
+                del views[oid]
+            else:
+                views[oid] = n - 1
+            self.unpin(oid)
+
+    def release_process(self, held: set, views: dict, unsealed: set) -> None:
+        """A process is gone: everything it held, viewed or was writing."""
+        for oid in unsealed:
+            self.drop_unsealed(oid)
+        unsealed.clear()
+        entries = self.entries
+        for oid, n in views.items():
+            e = entries.get(oid)
+            if e is not None:
+                e.pins -= n
+                self.release(e)
+        views.clear()
+        for oid in held:
+            e = entries.get(oid)
+            if e is not None:
+                e.holders -= 1
+                self.release(e)
+        held.clear()
+
+    def release(self, e: Entry) -> None:
+        """Free ``e`` if nothing can reach it any more, and whatever only it
+        kept alive (the refs it contained).  ``on_unreachable`` hears of each
+        actor-handle entry whose last lease went (the actor then ends)."""
+        if e.holders > 0 or e.pins > 0 or e.state != READY or e.waiters:
             return
         stack = [e]
         entries = self.entries
@@ -118,6 +191,10 @@ class ObjectTable:
             e = stack.pop()
             if entries.get(e.oid) is not e:
                 continue
+            if e.kind == ACTOR_HANDLE and self.on_unreachable is not None:
+                self.on_unreachable(e)
+                if e.holders > 0 or e.pins > 0:
+                    continue
             del entries[e.oid]
             if e.inline is not None:
                 self.inline_bytes -= len(e.inline)
@@ -139,7 +216,7 @@ class ObjectTable:
         if e is not None and e.state == CREATING:
             self.alloc.free(e.offset)
             e.offset, e.size, e.state = -1, 0, PENDING
-            if e.holders <= 0 and e.pins <= 0 and e.task is None:
+            if e.holders <= 0 and e.pins <= 0 and e.task is None and not e.waiters:
                 del self.entries[oid]
 
     def stats(self) -> dict:

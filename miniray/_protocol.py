@@ -47,11 +47,13 @@ node -> client
 from __future__ import annotations
 
 import enum
+import io
 import pickle
 import struct
 from collections import deque
 
-__all__ = ["Msg", "RefOp", "Kind", "Query", "M", "R", "K", "Q", "encode", "FrameReader", "HEADER"]
+__all__ = ["Msg", "RefOp", "Kind", "Query", "M", "R", "K", "Q", "encode", "FrameReader", "HEADER",
+           "decode_untrusted"]
 
 HEADER = struct.Struct("<I")
 _pack_len = HEADER.pack
@@ -131,6 +133,57 @@ def encode(msg: tuple) -> bytes:
     return _pack_len(len(body)) + body
 
 
+class _Foreign:
+    """Stands in for every class named in a frame a daemon decodes: the
+    daemon never imports a user's module nor runs a constructor from the
+    wire.  Accepts whatever pickle hands it and keeps nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+class _DaemonUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if module == __name__ and name in _OWN_ENUMS:
+            return _OWN_ENUMS[name]     # the protocol's own tags: plain ints
+        self.foreign.append(f"{module}.{name}")
+        return _Foreign
+
+
+_OWN_ENUMS = {c.__name__: c for c in (Msg, RefOp, Kind, Query)}
+
+
+def decode_untrusted(data):
+    """Decode a frame in a daemon: plain data only (tuples, lists, dicts,
+    str, bytes, numbers).  Returns the message; a frame that names any class
+    becomes ``(M.BAD_FRAME, why, salvaged)``, where ``salvaged`` is the
+    message with stand-ins for those classes (its tag and request id still
+    say which request to fail), and one that cannot be decoded at all
+    becomes ``(M.BAD_FRAME, why, None)``."""
+    u = _DaemonUnpickler(io.BytesIO(data))
+    u.foreign = []
+    try:
+        msg = u.load()
+    except Exception as exc:
+        return (M.BAD_FRAME, f"undecodable frame of {len(data)} bytes "
+                             f"({type(exc).__name__}: {exc})", None)
+    if u.foreign:
+        names = ", ".join(sorted(set(u.foreign)))
+        return (M.BAD_FRAME, f"the message names Python classes ({names}); daemons never "
+                             f"unpickle user objects: user-defined values must travel as "
+                             f"bytes made by the sender", msg)
+    if type(msg) is not tuple or not msg or type(msg[0]) is not int:
+        return (M.BAD_FRAME, f"a frame that is not a tagged message ({type(msg).__name__})",
+                None)
+    return msg
+
+
 RECV_SIZE = 256 * 1024
 
 
@@ -142,9 +195,12 @@ class FrameReader:
     threshold that is an mmap + munmap (and page faults) per message.
     """
 
-    __slots__ = ("_buf", "_scratch", "_view", "ready")
+    __slots__ = ("_buf", "_scratch", "_view", "ready", "_loads")
 
-    def __init__(self):
+    def __init__(self, loads=None):
+        """``loads``: how a frame's body becomes a message (``pickle.loads``
+        in drivers and workers; ``decode_untrusted`` in daemons)."""
+        self._loads = loads or _loads
         self._buf = bytearray()
         self._scratch = bytearray(RECV_SIZE)
         self._view = memoryview(self._scratch)
@@ -188,6 +244,7 @@ class FrameReader:
         pos = 0
         end_all = len(buf)
         mv = memoryview(buf)
+        loads = self._loads
         try:
             while end_all - pos >= 4:
                 (length,) = HEADER.unpack_from(buf, pos)
@@ -197,7 +254,7 @@ class FrameReader:
                 end = pos + 4 + length
                 if end > end_all:
                     break
-                self.ready.append(_loads(mv[pos + 4:end]))
+                self.ready.append(loads(mv[pos + 4:end]))
                 pos = end
         finally:
             mv.release()

@@ -7,14 +7,44 @@ def oid(i):
 
 def test_entry_freed_when_unreferenced():
     t = ObjectTable(1 << 20)
+    held = set()
     e = t.allocate(oid(1), 1000)
     t.seal(e, 0, None, ())
-    e.holders = 1
-    t.release_if_unused(e)
+    t.hold(held, oid(1))
+    t.hold(held, oid(1))          # once per process
+    assert e.holders == 1
+    t.release(e)
     assert oid(1) in t.entries
-    e.holders = 0
-    t.release_if_unused(e)
+    t.unhold(held, oid(1))
     assert oid(1) not in t.entries and t.alloc.used == 0
+
+
+def test_views_and_pins_keep_an_entry():
+    t = ObjectTable(1 << 20)
+    held, views = set(), {}
+    e = t.allocate(oid(1), 1000)
+    t.seal(e, 0, None, ())
+    t.hold(held, oid(1))
+    t.pin_view(views, e)
+    t.pin(oid(1))
+    t.unhold(held, oid(1))
+    t.unpin_view(views, oid(1))
+    assert oid(1) in t.entries and views == {}
+    t.unpin(oid(1))
+    assert oid(1) not in t.entries and t.alloc.used == 0
+
+
+def test_release_process_drops_everything_it_had():
+    t = ObjectTable(1 << 20)
+    held, views, unsealed = set(), {}, set()
+    a = t.allocate(oid(1), 1000)
+    t.seal(a, 0, None, ())
+    t.hold(held, oid(1))
+    t.pin_view(views, a)
+    t.allocate(oid(2), 1000)
+    unsealed.add(oid(2))
+    t.release_process(held, views, unsealed)
+    assert not t.entries and t.alloc.used == 0 and not (held or views or unsealed)
 
 
 def test_contained_refs_pinned_until_container_freed():
@@ -24,9 +54,9 @@ def test_contained_refs_pinned_until_container_freed():
     outer = t.get_or_create(oid(2))
     t.seal(outer, 0, b"outer", [oid(1)])
     assert inner.pins == 1
-    t.release_if_unused(inner)
+    t.release(inner)
     assert oid(1) in t.entries
-    t.release_if_unused(outer)
+    t.release(outer)
     assert oid(1) not in t.entries and oid(2) not in t.entries
 
 

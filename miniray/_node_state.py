@@ -1,0 +1,662 @@
+"""The node's state: a pure state machine.  Events in, instructions out.
+
+    NodeServer (``_node``)                         NodeState (this module)
+    ─ reads sockets, reaps processes, timers ─►  handle([event, ...])
+                                                   · object table + leases
+                                                   · tasks (``_node_tasks``)
+                                                   · actors (``_node_actors``)
+                                                   · resources, ready queues
+                                                   · worker-pool bookkeeping
+    ◄─ carries out [instruction, ...] ──────────  returned list
+
+No sockets, processes, threads or clocks in here or in the modules it owns:
+time arrives inside events (``START``, ``TIMER``), a process is a worker id,
+a connection is a client id.  That is what lets ``tests/unit`` drive retries,
+cancels, restarts and CPU lending in milliseconds, and what a peer node will
+plug into: one more client whose messages are events.
+
+One ``handle`` call is one turn of the server's loop: the events it read in
+that turn, then one scheduling pass, so a burst of submits is scheduled once.
+
+Daemons never unpickle a user's object: frames are decoded by
+``_protocol.decode_untrusted``, which refuses every class, and everything
+user-defined travels as bytes that only drivers and workers decode.  A frame
+that cannot be decoded or handled fails its request (a REPLY with the error,
+or its task's returns sealed with it); the connection stays up.
+"""
+from __future__ import annotations
+
+import enum
+import sys
+import traceback
+
+from . import _protocol as P
+from . import _task_spec as S
+from ._node_actors import ActorManager
+from ._node_tasks import TaskManager
+from ._object_table import ObjectTable, READY, CREATING
+from ._scheduler import ResourcePool, ReadyQueues
+from ._serialization import dumps
+from .exceptions import ObjectLostError, ObjectStoreFullError, RaySystemError
+
+M = P.M
+IDLE_CHECK_S = 2.0      # how often extra idle workers are looked at
+IDLE_EXIT_S = 10.0      # how long an extra worker may stay idle
+LARGE_WRITE = 8 * 2**20  # an ALLOC this large pauses the prefault
+
+
+class Ev(enum.IntEnum):
+    """Events, as tuples tagged by these (sent as plain ints)."""
+    START = 1          # (START, now): the server is up
+    MESSAGES = 2       # (MESSAGES, cid, [msg, ...]): frames from an authenticated client
+    CLOSED = 3         # (CLOSED, cid): the client's connection ended
+    SPAWNED = 4        # (SPAWNED, wid, pid): a worker process was started
+    WORKER_EXITED = 5  # (WORKER_EXITED, wid, description): reaped, with its exit status
+    TIMER = 6          # (TIMER, name, now): a timer armed by Do.TIMER fired
+    PREFAULT = 7       # (PREFAULT, reserved_upto): arena pages reserved so far
+    STOP = 8           # (STOP, why): a signal, or the driver that started the node died
+
+
+class Do(enum.IntEnum):
+    """Instructions, as tuples tagged by these (plain ints)."""
+    SEND = 1            # (SEND, cid, msg)
+    WELCOME = 2         # (WELCOME, cid, info): WELCOME frame + the arena's fd
+    CLOSE = 3           # (CLOSE, cid): close the connection (no CLOSED event follows)
+    SPAWN = 4           # (SPAWN, wid): start a worker process
+    KILL = 5            # (KILL, wid): SIGKILL the worker
+    POKE = 6            # (POKE, wid, cid): SIGUSR1 once its output is written (cancels)
+    TIMER = 7           # (TIMER, delay_s, name)
+    PAUSE_PREFAULT = 8  # (PAUSE_PREFAULT,): a large write starts
+    STOP = 9            # (STOP,): stop every worker and exit
+
+
+E = P._as_ints(Ev)
+D = P._as_ints(Do)
+SEND = D.SEND
+
+
+class Client:
+    """A connected process, as the state sees it: what it holds."""
+
+    __slots__ = ("cid", "role", "pid", "held", "views", "unsealed", "worker", "waiters",
+                 "closed")
+
+    def __init__(self, cid):
+        self.cid = cid
+        self.role = None
+        self.pid = None
+        self.held = set()       # oids this process holds refs to
+        self.views = {}         # oid -> zero-copy views handed to this process
+        self.unsealed = set()   # oids it allocated and has not sealed yet
+        self.worker = None
+        self.waiters = set()
+        self.closed = False
+
+
+class Worker:
+    """A worker process, as the state sees it (the server owns the process)."""
+
+    __slots__ = ("wid", "pid", "client", "state", "task", "fn_keys", "blocked", "actor",
+                 "exit_desc", "idle_since")
+
+    def __init__(self, wid, now):
+        self.wid = wid
+        self.pid = None
+        self.client = None
+        self.state = "starting"   # -> idle <-> busy | actor | exiting -> dead
+        self.task = None
+        self.fn_keys = set()
+        self.blocked = 0
+        self.actor = None
+        self.exit_desc = None
+        self.idle_since = now
+
+
+class Waiter:
+    """A GET or WAIT request waiting for objects."""
+
+    __slots__ = ("client", "rid", "oids", "left", "num_returns", "is_wait", "done", "blocking")
+
+    def __init__(self, client, rid, oids, num_returns, is_wait):
+        self.client, self.rid, self.oids = client, rid, oids
+        self.left = 0
+        self.num_returns, self.is_wait = num_returns, is_wait
+        self.done = False
+        self.blocking = False
+
+    def on_ready(self, st, entry):
+        if self.done:
+            return
+        self.left -= 1
+        if self.is_wait:
+            if len(self.oids) - self.left >= self.num_returns:
+                st.finish_wait(self)
+        elif self.left <= 0:
+            st.finish_get(self)
+
+
+def node_resources(config: dict) -> dict:
+    total = {"CPU": float(config["num_cpus"])}
+    total.update({k: float(v) for k, v in (config.get("resources") or {}).items()})
+    if config.get("num_gpus"):
+        total["GPU"] = float(config["num_gpus"])
+    if config.get("memory"):
+        total["memory"] = float(config["memory"])
+    total[f"node:{config.get('node_ip', '127.0.0.1')}"] = 1.0
+    return total
+
+
+class NodeState:
+    def __init__(self, config: dict, facts: dict):
+        """``config``: the node's settings (resources, store size, ids);
+        ``facts``: what the server found out while setting up the I/O
+        (``arena_size``, ``arena_dir``, ``store_warning``, ``node_pid``)."""
+        self.config = config
+        self.node_id = config["node_id"]
+        self.arena_size = facts["arena_size"]
+        self.facts = facts
+        self.table = ObjectTable(self.arena_size)
+        self.resources = ResourcePool(node_resources(config))
+        self.ready = ReadyQueues()
+        self.functions: dict = {}
+        self.serializers = None
+        self.clients: dict = {}              # cid -> Client
+        self.workers: dict = {}              # wid -> Worker
+        self.idle: list = []
+        self.next_wid = 1
+        self.starting = 0
+        self.pool_size = max(1, int(config["num_cpus"]))
+        self.owner_pid = config.get("owner_pid")
+        self.sys_path = config.get("sys_path") or []
+        self.job_counter = 0
+        self.prefault_done = 0
+        self.now = 0.0
+        self.stopping = False
+        self.schedule_needed = False
+        self.out: list = []
+        self.tasks = TaskManager(self)
+        self.actors = ActorManager(self)
+        self.table.on_unreachable = self.actors.handles_gone
+        self._events = {E.START: self._on_start, E.MESSAGES: self._on_messages,
+                        E.CLOSED: self._on_closed, E.SPAWNED: self._on_spawned,
+                        E.WORKER_EXITED: self._on_worker_exited, E.TIMER: self._on_timer,
+                        E.PREFAULT: self._on_prefault, E.STOP: self._on_stop}
+        self._handlers = self._message_handlers()
+
+    # -- the entry point ----------------------------------------------------------------
+    def handle(self, events) -> list:
+        """Apply one loop turn's events; the instructions to carry out."""
+        out = self.out = []
+        handlers = self._events
+        for ev in events:
+            handlers[ev[0]](ev)
+        if self.schedule_needed and not self.stopping:
+            self.schedule_needed = False
+            self.tasks.schedule()
+        return out
+
+    # -- instructions (the only way anything leaves the state) ------------------------------
+    def send(self, client, msg) -> None:
+        if not client.closed:
+            self.out.append((SEND, client.cid, msg))
+
+    def spawn_worker(self) -> Worker:
+        w = Worker(self.next_wid, self.now)
+        self.next_wid += 1
+        self.workers[w.wid] = w
+        self.starting += 1
+        self.out.append((D.SPAWN, w.wid))
+        return w
+
+    def kill(self, w) -> None:
+        if w.state != "dead":
+            self.out.append((D.KILL, w.wid))
+
+    def poke(self, w) -> None:
+        """Make a worker busy in a task read its socket (a CANCEL_TASK was
+        just queued to it)."""
+        if w.client is not None:
+            self.out.append((D.POKE, w.wid, w.client.cid))
+
+    def error_payload(self, exc) -> bytes:
+        return dumps(exc)
+
+    # -- events -------------------------------------------------------------------------------
+    def _on_start(self, ev) -> None:
+        self.now = ev[1]
+        for _ in range(self.pool_size):
+            self.spawn_worker()
+        self.out.append((D.TIMER, IDLE_CHECK_S, "reap"))
+
+    def _on_messages(self, ev) -> None:
+        cid = ev[1]
+        client = self.clients.get(cid)
+        if client is None:
+            client = self.clients[cid] = Client(cid)
+        handlers = self._handlers
+        for msg in ev[2]:
+            if client.closed:
+                return
+            try:
+                handlers.get(msg[0], self._on_unknown)(client, msg)
+            except Exception as exc:
+                self._request_failed(client, msg, exc)
+
+    def _on_closed(self, ev) -> None:
+        client = self.clients.get(ev[1])
+        if client is not None:
+            self._client_gone(client)
+
+    def _client_gone(self, client) -> None:
+        if client.closed:
+            return
+        client.closed = True
+        del self.clients[client.cid]
+        for w in list(client.waiters):
+            self.drop_waiter(w)
+        self.table.release_process(client.held, client.views, client.unsealed)
+        if client.role == "driver" and self.owner_pid and client.pid == self.owner_pid:
+            self._stop()
+        if client.worker is not None:
+            client.worker.client = None
+
+    def _on_spawned(self, ev) -> None:
+        w = self.workers.get(ev[1])
+        if w is not None:
+            w.pid = ev[2]
+
+    def _on_worker_exited(self, ev) -> None:
+        w = self.workers.pop(ev[1], None)
+        if w is None:
+            return
+        w.exit_desc = ev[2]
+        if w.client is not None:
+            self.out.append((D.CLOSE, w.client.cid))
+            self._client_gone(w.client)
+        prev = w.state
+        w.state = "dead"
+        if prev == "starting":
+            self.starting -= 1
+        if w in self.idle:
+            self.idle.remove(w)
+        if self.stopping:
+            return
+        if w.task is not None:
+            self.tasks.worker_died(w)
+        if w.actor is not None:
+            self.actors.worker_died(w)
+        self.schedule_needed = True
+
+    def _on_timer(self, ev) -> None:
+        self.now = ev[2]
+        if ev[1] == "reap":
+            self.out.append((D.TIMER, IDLE_CHECK_S, "reap"))
+            self._reap_idle_workers()
+
+    def _on_prefault(self, ev) -> None:
+        self.prefault_done = ev[1]
+
+    def _on_stop(self, ev) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        for c in self.clients.values():
+            if c.role == "worker":
+                self.send(c, (M.EXIT, "node shutting down"))
+        self.out.append((D.STOP,))
+
+    # -- workers ------------------------------------------------------------------------------
+    def _reap_idle_workers(self) -> None:
+        """Workers started for a burst (or while others were blocked in
+        get) exit after IDLE_EXIT_S idle; the pool keeps num_cpus."""
+        extra = self.pool_count() - self.pool_size
+        if extra <= 0 or not self.idle:
+            return
+        now = self.now
+        for w in sorted(self.idle, key=lambda w: w.idle_since)[:extra]:
+            if now - w.idle_since >= IDLE_EXIT_S and w.client is not None:
+                self.idle.remove(w)
+                w.state = "exiting"
+                self.send(w.client, (M.EXIT, "idle"))
+
+    def pool_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.actor is None)
+
+    def worker_idle(self, w) -> None:
+        w.state = "idle"
+        w.idle_since = self.now
+        self.idle.append(w)
+        self.schedule_needed = True
+
+    def _worker_hello(self, client, wid) -> None:
+        w = self.workers.get(wid)
+        if w is None or w.client is not None:
+            self.out.append((D.CLOSE, client.cid))
+            self._client_gone(client)
+            return
+        w.client = client
+        client.worker = w
+        self.starting -= 1
+        w.state = "idle"
+        if not self.actors.claim_new_worker(w):
+            self.worker_idle(w)
+        self.schedule_needed = True
+
+    # -- messages: connection and registry -------------------------------------------------------
+    def on_hello(self, client, msg) -> None:
+        _, role, pid, wid, info = msg
+        client.role, client.pid = role, pid
+        if role == "driver":
+            self.job_counter += 1
+            job = self.job_counter
+            if info and info.get("sys_path"):
+                self.sys_path = info["sys_path"]
+                for c in self.clients.values():
+                    if c.role == "worker":
+                        self.send(c, (M.JOB, self.sys_path))
+        else:
+            job = 0
+        facts = self.facts
+        welcome = {"node_id": self.node_id, "session": self.config["session"],
+                   "arena_size": self.arena_size, "resources": dict(self.resources.total),
+                   "serializers": self.serializers, "sys_path": self.sys_path, "job_id": job,
+                   "address": self.config["address"], "node_pid": facts["node_pid"],
+                   "arena_dir": facts["arena_dir"],
+                   "inline_threshold": self.config["inline_threshold"],
+                   "store_warning": facts["store_warning"]}
+        self.out.append((D.WELCOME, client.cid, welcome))
+        if role == "worker":
+            self._worker_hello(client, wid)
+
+    def on_register_fn(self, client, msg) -> None:
+        self.functions[msg[1]] = msg[2]
+
+    def on_serializers(self, client, msg) -> None:
+        self.serializers = msg[1]
+        for c in self.clients.values():
+            if c is not client and c.role == "worker":
+                self.send(c, msg)
+
+    def on_shutdown(self, client, msg) -> None:
+        self._stop()
+
+    # -- messages: objects --------------------------------------------------------------------------
+    def on_put_inline(self, client, msg) -> None:
+        _, oid, kind, data, contained = msg
+        table = self.table
+        e = table.hold(client.held, oid)
+        self.notify(e, table.seal(e, kind, data, contained))
+
+    def on_alloc(self, client, msg) -> None:
+        _, rid, oid, size = msg
+        table = self.table
+        # Pages below this were reserved before: by the prefault, or by the
+        # writer of an earlier object (ranges are reused, never punched out).
+        reserved = max(table.high_water, self.prefault_done)
+        try:
+            e = table.allocate(oid, size)
+        except ObjectStoreFullError as exc:
+            self.send(client, (M.REPLY, rid, False, ObjectStoreFullError(str(exc))))
+            return
+        if size >= LARGE_WRITE:
+            self.out.append((D.PAUSE_PREFAULT,))
+        client.unsealed.add(oid)
+        self.send(client, (M.REPLY, rid, True, (e.offset, max(0, reserved - e.offset))))
+
+    def on_abort_alloc(self, client, msg) -> None:
+        oid = msg[1]
+        if oid in client.unsealed:
+            client.unsealed.discard(oid)
+            self.table.drop_unsealed(oid)
+
+    def on_seal(self, client, msg) -> None:
+        _, oid, kind, hold, contained = msg
+        client.unsealed.discard(oid)
+        table = self.table
+        e = table.entries.get(oid)
+        if e is None or e.state != CREATING:
+            return
+        if hold:
+            table.hold(client.held, oid)
+        self.notify(e, table.seal(e, kind, None, contained))
+
+    def notify(self, entry, waiters) -> None:
+        for w in waiters:
+            w.on_ready(self, entry)
+
+    def payload_for(self, client, e) -> tuple:
+        """What to send for a READY entry; arena views are leased to ``client``."""
+        if e.inline is None:
+            self.table.pin_view(client.views, e)
+        return e.payload()
+
+    def on_get(self, client, msg) -> None:
+        _, rid, oids = msg
+        entries = self.table.entries
+        missing = [oid for oid in oids if oid not in entries]
+        if missing:
+            self.send(client, (M.REPLY, rid, False, ObjectLostError(
+                f"object {missing[0].hex()} is not in the object store: it was freed because no "
+                f"reference to it was left, or the process that made it died before sealing it")))
+            return
+        w = None
+        for oid in oids:
+            e = entries[oid]
+            if e.state != READY:
+                if w is None:
+                    w = Waiter(client, rid, oids, 0, False)
+                w.left += 1
+                if e.waiters is None:
+                    e.waiters = [w]
+                else:
+                    e.waiters.append(w)
+        if w is None:
+            payload_for = self.payload_for
+            self.send(client, (M.REPLY, rid, True, [payload_for(client, entries[o]) for o in oids]))
+            return
+        self._start_waiting(client, w)
+
+    def _start_waiting(self, client, w) -> None:
+        client.waiters.add(w)
+        worker = client.worker
+        if worker is not None and (worker.task is not None or worker.actor is not None):
+            w.blocking = True
+            worker.blocked += 1
+            if worker.blocked == 1:
+                self.tasks.worker_blocked(worker)
+
+    def _end_waiting(self, w) -> None:
+        w.done = True
+        client = w.client
+        client.waiters.discard(w)
+        if w.blocking:
+            worker = client.worker
+            if worker is not None:
+                worker.blocked -= 1
+                if worker.blocked == 0:
+                    self.tasks.worker_unblocked(worker)
+
+    def finish_get(self, w) -> None:
+        self._end_waiting(w)
+        entries = self.table.entries
+        client = w.client
+        payload_for = self.payload_for
+        self.send(client, (M.REPLY, w.rid, True, [payload_for(client, entries[o]) for o in w.oids]))
+
+    def on_wait(self, client, msg) -> None:
+        _, rid, oids, num_returns = msg
+        entries = self.table.entries
+        w = Waiter(client, rid, oids, num_returns, True)
+        for oid in oids:
+            e = entries.get(oid)
+            if e is None or e.state != READY:
+                w.left += 1
+                if e is not None:
+                    if e.waiters is None:
+                        e.waiters = [w]
+                    else:
+                        e.waiters.append(w)
+        if len(oids) - w.left >= num_returns:
+            self._drop_from_entries(w)
+            w.done = True
+            self.send(client, (M.REPLY, rid, True, self._ready_positions(oids)))
+            return
+        self._start_waiting(client, w)
+
+    def _ready_positions(self, oids) -> list:
+        entries = self.table.entries
+        out = []
+        for i, oid in enumerate(oids):
+            e = entries.get(oid)
+            if e is not None and e.state == READY:
+                out.append(i)
+        return out
+
+    def finish_wait(self, w) -> None:
+        self._end_waiting(w)
+        self.send(w.client, (M.REPLY, w.rid, True, self._ready_positions(w.oids)))
+
+    def on_wait_now(self, client, msg) -> None:
+        wait_rid = msg[1]
+        for w in list(client.waiters):
+            if w.rid == wait_rid and w.is_wait and not w.done:
+                self._drop_from_entries(w)
+                self.finish_wait(w)
+
+    def on_drop_req(self, client, msg) -> None:
+        rid = msg[1]
+        for w in list(client.waiters):
+            if w.rid == rid and not w.done:
+                self.drop_waiter(w)
+                # The one reply this request gets: lets the client forget it.
+                self.send(client, (M.REPLY, rid, False, None))
+
+    def drop_waiter(self, w) -> None:
+        if w.done:
+            return
+        self._end_waiting(w)
+        self._drop_from_entries(w)
+
+    def _drop_from_entries(self, w) -> None:
+        entries = self.table.entries
+        for oid in w.oids:
+            e = entries.get(oid)
+            if e is not None and e.waiters:
+                try:
+                    e.waiters.remove(w)
+                except ValueError:
+                    pass
+
+    def on_refs(self, client, msg) -> None:
+        table = self.table
+        held = client.held
+        for op, oid in msg[1]:
+            if op == P.R.DECREF:
+                table.unhold(held, oid)
+            elif op == P.R.INCREF:
+                table.hold(held, oid)
+            elif op == P.R.UNPIN:
+                table.unpin_view(client.views, oid)
+
+    # -- messages: queries ------------------------------------------------------------------------
+    def on_query(self, client, msg) -> None:
+        _, rid, what, arg = msg
+        try:
+            result = self._query(what, arg)
+        except Exception as exc:
+            self.send(client, (M.REPLY, rid, False, exc))
+            return
+        self.send(client, (M.REPLY, rid, True, result))
+
+    def _query(self, what, arg):
+        Q = P.Q
+        if what == Q.CLUSTER_RESOURCES:
+            return dict(self.resources.total)
+        if what == Q.AVAILABLE_RESOURCES:
+            return self.resources.snapshot_available()
+        if what == Q.NODES:
+            return [{"NodeID": self.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
+                     "NodeManagerHostname": self.config.get("hostname", ""),
+                     "Resources": dict(self.resources.total), "alive": True,
+                     "ObjectStoreSocketName": self.config["address"],
+                     "NodeManagerPort": 0, "MetricsExportPort": 0}]
+        if what == Q.STATS:
+            stats = self.table.stats()
+            stats.update(workers=len(self.workers), idle=len(self.idle),
+                         worker_pids=[w.pid for w in self.workers.values() if w.pid],
+                         ready_tasks=len(self.ready), tasks=len(self.tasks.tasks),
+                         actors=self.actors.count_alive())
+            return stats
+        if what == Q.OBJECT_INFO:
+            e = self.table.entries.get(arg)
+            if e is None:
+                return None
+            return {"state": e.state, "holders": e.holders, "pins": e.pins, "size": e.size,
+                    "inline": e.inline is not None}
+        return self.actors.query(what, arg)
+
+    # -- frames that cannot be decoded or handled ---------------------------------------------------
+    def _on_unknown(self, client, msg) -> None:
+        raise ValueError(f"unknown message tag {msg[0]!r}: the sender speaks another version "
+                         f"of the miniray protocol")
+
+    def on_bad_frame(self, client, msg) -> None:
+        """A frame ``decode_untrusted`` could not decode: (BAD_FRAME, why,
+        salvaged message or None)."""
+        _, why, salvaged = msg
+        if salvaged is not None:
+            self._request_failed(client, salvaged, RaySystemError(why))
+        else:
+            self.send(client, (M.BAD_FRAME, f"the node could not decode a message from this "
+                                            f"process and ignored it: {why}"))
+
+    def _request_failed(self, client, msg, exc) -> None:
+        """Fail the request ``msg`` stood for, as precisely as it allows: a
+        REPLY to its request id, or its task's returns sealed with the error;
+        otherwise a BAD_FRAME notice.  The connection stays up."""
+        if not isinstance(exc, RaySystemError):
+            sys.stderr.write(f"(miniray node) message {msg[0]!r} from pid={client.pid} failed:\n"
+                             + "".join(traceback.format_exception(exc)))
+            exc = RaySystemError(f"the node could not handle a {_tag_name(msg)} message: "
+                                 f"{type(exc).__name__}: {exc}")
+        tag = msg[0] if isinstance(msg, tuple) and msg else None
+        if tag in _REQUESTS and len(msg) > 1 and type(msg[1]) is int:
+            self.send(client, (M.REPLY, msg[1], False, exc))
+            return
+        if tag in (M.SUBMIT, M.ACTOR_CALL) and len(msg) > 1:
+            spec = msg[1]
+            try:
+                tid = spec[S.TASK_ID]
+                n = int(spec[S.NUM_RETURNS])
+            except Exception:
+                tid = None
+            if type(tid) is bytes and 0 <= n < 65536:
+                self.tasks.fail_returns(client, tid, n, exc)
+                return
+        self.send(client, (M.BAD_FRAME, str(exc)))
+
+    def _message_handlers(self) -> dict:
+        t, a = self.tasks, self.actors
+        return {M.HELLO: self.on_hello, M.SUBMIT: t.on_submit,
+                M.PUT_INLINE: self.on_put_inline, M.ALLOC: self.on_alloc,
+                M.ABORT_ALLOC: self.on_abort_alloc, M.SEAL: self.on_seal,
+                M.GET: self.on_get, M.WAIT: self.on_wait, M.WAIT_NOW: self.on_wait_now,
+                M.DROP_REQ: self.on_drop_req, M.REFS: self.on_refs,
+                M.REGISTER_FN: self.on_register_fn, M.SERIALIZERS: self.on_serializers,
+                M.TASK_DONE: t.on_task_done, M.CANCEL: t.on_cancel, M.QUERY: self.on_query,
+                M.ACTOR_CREATE: a.on_create, M.ACTOR_CALL: a.on_call, M.ACTOR_KILL: a.on_kill,
+                M.SHUTDOWN: self.on_shutdown, M.BAD_FRAME: self.on_bad_frame}
+
+
+# Requests whose second field is the request id their REPLY answers.
+_REQUESTS = frozenset((M.ALLOC, M.GET, M.WAIT, M.QUERY, M.ACTOR_CREATE))
+
+
+def _tag_name(msg) -> str:
+    try:
+        return P.Msg(msg[0]).name
+    except Exception:
+        return "malformed"
