@@ -8,7 +8,9 @@ sockets.
 from __future__ import annotations
 
 import glob
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -157,10 +159,37 @@ def wait_for(cond, timeout=10.0, interval=0.02) -> bool:
 
 def run_driver(code: str, timeout=60, env=None):
     """Run ``code`` as a separate driver script; returns CompletedProcess."""
-    import subprocess
     import textwrap
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """A node started with `miniray start --head` (cluster dir: tmp_path);
+    yields (cli, env, info); stopped and checked for leftovers at the end."""
+    env = dict(os.environ, MINIRAY_CLUSTER_DIR=str(tmp_path))
+
+    def cli(*args, check=True):
+        out = subprocess.run([sys.executable, "-m", "miniray.cli", *args], capture_output=True,
+                             text=True, env=env, timeout=60)
+        if check:
+            assert out.returncode == 0, out.stderr
+        return out
+
+    cli("start", "--head", "--num-cpus", "2", "--object-store-memory", str(128 * 2**20))
+    info = json.loads((tmp_path / "cluster.json").read_text())
+    pids = {info["pid"]} | {p.pid for p in psutil.Process(info["pid"]).children(recursive=True)}
+    yield cli, env, info
+    more = set()
+    try:
+        more = {p.pid for p in psutil.Process(info["pid"]).children(recursive=True)}
+    except psutil.Error:
+        pass
+    cli("stop")
+    assert not (tmp_path / "cluster.json").exists()
+    assert not wait_gone(pids | more, timeout=20)
+    assert_clean(set())

@@ -8,34 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import assert_clean, run_driver, wait_gone
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    env = dict(os.environ, MINIRAY_CLUSTER_DIR=str(tmp_path))
-
-    def cli(*args, check=True):
-        out = subprocess.run([sys.executable, "-m", "miniray.cli", *args], capture_output=True,
-                             text=True, env=env, timeout=60)
-        if check:
-            assert out.returncode == 0, out.stderr
-        return out
-
-    cli("start", "--head", "--num-cpus", "2", "--object-store-memory", str(128 * 2**20))
-    info = json.loads((tmp_path / "cluster.json").read_text())
-    import psutil
-    pids = {info["pid"]} | {p.pid for p in psutil.Process(info["pid"]).children(recursive=True)}
-    yield cli, env, info
-    more = set()
-    try:
-        more = {p.pid for p in psutil.Process(info["pid"]).children(recursive=True)}
-    except psutil.Error:
-        pass
-    cli("stop")
-    assert not (tmp_path / "cluster.json").exists()
-    assert not wait_gone(pids | more, timeout=20)
-    assert_clean(set())
+from tests.conftest import assert_clean, run_driver, wait_gone  # noqa: F401 (cluster fixture)
 
 
 def test_start_status_stop(cluster):
