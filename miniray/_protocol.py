@@ -10,6 +10,8 @@ the connection has authenticated (see ``_transport``).
 Message fields, by tag (``oid`` = 16-byte object id, ``rid`` = request id):
 
 client -> node
+  HELLO         role ("driver" | "worker"), pid, worker_id | None, info dict | None
+                                                  -> WELCOME (first frame after auth)
   SUBMIT        spec: TaskSpec tuple (see ``_task_spec``)
   PUT_INLINE    oid, kind, data: bytes, contained: list[oid]
   ALLOC         rid, oid, size                    -> REPLY (offset, reserved) | ObjectStoreFullError
@@ -17,7 +19,7 @@ client -> node
   ABORT_ALLOC   oid                               the writer gave up before SEAL: free the range
   GET           rid, oids                         -> REPLY [(kind, data | (offset, size))]
   WAIT          rid, oids, num_returns            -> REPLY sorted ready positions
-  WAIT_NOW      rid, wait_rid                     finish a WAIT now with what is ready
+  WAIT_NOW      wait_rid                          finish that WAIT now with what is ready
   DROP_REQ      rid                               the caller stopped waiting
   REFS          ops: list[(RefOp, oid)]           RefOp sent as plain ints (R.INCREF ...)
   REGISTER_FN   key, blob
@@ -30,13 +32,14 @@ client -> node
   ACTOR_CREATE  rid, spec, opts                    -> REPLY (aid, meta, created)
                 (opts['meta'] is bytes made by the client: the node stores and returns it)
   ACTOR_CALL    spec
-  ACTOR_KILL    actor_id, no_restart
+  ACTOR_KILL    actor_id, no_restart[, reason]
   SHUTDOWN
 
 node -> client
   WELCOME       info dict (+ the arena fd by SCM_RIGHTS)
   REPLY         rid, ok: bool, payload
-  EXECUTE       spec, fn_blob | None, deps: list[(kind, data | (offset, size))]
+  EXECUTE       spec, fn_blob | None, deps: list[(kind, data | (offset, size))],
+                args: bytes | (kind, (offset, size))
   CANCEL_TASK   task_id
   SERIALIZERS   blob
   EXIT          reason                            (to a worker: exit now)
