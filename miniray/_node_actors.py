@@ -179,21 +179,35 @@ class ActorManager:
         tasks.start(t)
 
     def pump(self, a: Actor) -> None:
-        """Send every call at the head of the queue whose args are ready."""
+        """Send the calls that may run now, as Ray orders them: per caller,
+        in submission order (a call whose args are not ready holds back the
+        later calls of its caller only); a threaded or async actor gets every
+        ready call at once.  Until the constructor is done only it goes."""
         if a.worker is None or a.worker.client is None or a.state in ("dead", "placing"):
             return
-        tasks = self.st.tasks
         q = a.queue
+        if not q:
+            return
+        tasks = self.st.tasks
+        in_order = _one_at_a_time(a)
+        held_back = None        # callers with an earlier call still waiting
+        keep = None
         while q:
-            t = q[0]
+            t = q.popleft()
             if t.state == "cancelled" or t.state == "done":
-                q.popleft()
                 continue
-            if t.state != "ready":
-                return
             if a.state == "starting" and t.spec[S.METHOD] != "__init__":
-                return
-            q.popleft()
+                q.appendleft(t)
+                break
+            if t.state != "ready" or (held_back is not None and t.submitter in held_back):
+                if in_order:
+                    if held_back is None:
+                        held_back = set()
+                    held_back.add(t.submitter)
+                if keep is None:
+                    keep = deque()
+                keep.append(t)
+                continue
             err = tasks.dep_error(t)
             if err is not None:
                 tasks.seal_all(t, err)
@@ -201,6 +215,9 @@ class ActorManager:
                 continue
             a.inflight[t.tid] = t
             tasks.dispatch(t, a.worker)
+        if keep:
+            keep.extend(q)
+            a.queue = keep
 
     def on_ready(self, a: Actor, error_text) -> None:
         """The constructor finished (TASK_DONE of the ``__init__`` task);

@@ -25,7 +25,8 @@ ERROR = P.K.ERROR
 
 class Task:
     __slots__ = ("spec", "tid", "returns", "shape", "deps_left", "worker", "retries_left",
-                 "submitter", "state", "actor", "cancelled", "cpu", "lent")
+                 "submitter", "state", "actor", "cancelled", "cpu", "lent", "parent",
+                 "children")
 
     def __init__(self, spec, submitter, actor=None):
         self.spec = spec
@@ -46,6 +47,8 @@ class Task:
             if k == "CPU":
                 self.cpu = v
         self.lent = False
+        self.parent = None      # the task whose worker submitted this one
+        self.children = None    # tid -> Task submitted while this one ran
 
     def on_ready(self, st, entry):
         if self.state != "waiting":
@@ -76,6 +79,13 @@ class TaskManager:
             table.hold(held, oid).task = t
         for oid in self._pinned(spec):
             table.pin(oid)
+        w = client.worker
+        if w is not None and w.task is not None:
+            # Submitted from inside a running task: cancel(parent) reaches it.
+            parent = t.parent = w.task
+            if parent.children is None:
+                parent.children = {}
+            parent.children[t.tid] = t
         return t
 
     def fail_returns(self, client, tid, num_returns, exc) -> None:
@@ -295,6 +305,14 @@ class TaskManager:
         if self.tasks.pop(t.tid, None) is None:
             return
         t.state = "done"
+        if t.parent is not None:
+            if t.parent.children:
+                t.parent.children.pop(t.tid, None)
+            t.parent = None
+        if t.children:
+            for child in t.children.values():
+                child.parent = None
+            t.children = None
         unpin = self.st.table.unpin
         for oid in self._pinned(t.spec):
             unpin(oid)
@@ -336,9 +354,19 @@ class TaskManager:
             self.st.resources.available["CPU"] -= t.cpu
 
     def on_cancel(self, client, msg) -> None:
-        _, oid, force = msg
+        oid, force = msg[1], msg[2]
+        recursive = msg[3] if len(msg) > 3 else True
         t = self.tasks.get(oid[:14])
-        if t is None or t.cancelled:
+        if t is not None:
+            self.cancel(t, force, recursive)
+
+    def cancel(self, t: Task, force: bool, recursive: bool) -> None:
+        """Dequeue, interrupt (CANCEL_TASK + poke) or, with ``force``, kill;
+        with ``recursive`` (Ray's default) the tasks it submitted too."""
+        if recursive and t.children:
+            for child in list(t.children.values()):
+                self.cancel(child, force and child.actor is None, True)
+        if t.cancelled:
             return
         st = self.st
         if t.actor is not None:

@@ -27,7 +27,7 @@ client -> node
   TASK_DONE     task_id, results: list[(oid, kind, data | (offset, size) | None, contained)],
                 retryable: bool, note: str | None  (note: a failed constructor's error text,
                 so the node never unpickles an error to describe a dead actor)
-  CANCEL        oid, force
+  CANCEL        oid, force, recursive             (recursive: the tasks it submitted too)
   QUERY         rid, what: Query, arg             -> REPLY (cluster/actor queries)
   ACTOR_CREATE  rid, spec, opts                    -> REPLY (aid, meta, created)
                 (opts['meta'] is bytes made by the client: the node stores and returns it)
