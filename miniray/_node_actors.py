@@ -27,6 +27,7 @@ from collections import deque
 from . import _protocol as P
 from . import _task_spec as S
 from ._object_table import READY
+from ._scheduler import gpu_amount
 from .exceptions import ActorDiedError, ActorUnschedulableError, TaskCancelledError
 
 M = P.M
@@ -41,7 +42,8 @@ def _one_at_a_time(a) -> bool:
 class Actor:
     __slots__ = ("aid", "name", "namespace", "class_name", "spec", "shape", "state", "worker",
                  "queue", "inflight", "restarts_left", "max_task_retries", "detached",
-                 "death", "meta", "exiting", "pid", "num_restarts", "creator", "arg_pins")
+                 "death", "meta", "exiting", "pid", "num_restarts", "creator", "arg_pins",
+                 "gpu_ids")
 
     def __init__(self, aid, spec, opts, creator):
         self.aid = aid
@@ -64,6 +66,7 @@ class Actor:
         self.num_restarts = 0
         self.creator = creator
         self.arg_pins = ()      # constructor args kept for restarts
+        self.gpu_ids = None     # GPU ids held from placement to death
 
     def describe(self) -> str:
         name = f" '{self.name}'" if self.name else ""
@@ -137,17 +140,25 @@ class ActorManager:
             if a.state == "dead":
                 self.placing.popleft()
                 continue
-            if not st.resources.fits_now(a.shape):
+            res = st.resources
+            if not res.fits_now(a.shape):
                 return
+            gpus = gpu_amount(a.shape)
+            if gpus:
+                a.gpu_ids = res.take_gpus(gpus)
+                if a.gpu_ids is None:
+                    return
             self.placing.popleft()
-            st.resources.acquire(a.shape)
+            res.acquire(a.shape)
             a.state = "awaiting_worker"
-            if st.idle:
-                self._bind(a, st.idle.pop())
+            i = st.idle_index("gpu" if gpus else "cpu")
+            if i >= 0:
+                self._bind(a, st.idle.pop(i))
             else:
                 st.spawn_worker()
 
     def claim_new_worker(self, w) -> bool:
+        """A fresh worker connected: the first actor waiting for one takes it."""
         for a in self.actors.values():
             if a.state == "awaiting_worker" and a.worker is None:
                 self._bind(a, w)
@@ -159,6 +170,7 @@ class ActorManager:
         a.worker = w
         a.pid = w.pid
         w.actor = a
+        w.kind = "gpu" if a.gpu_ids else "cpu"
         w.state = "actor"
         a.state = "starting"
         if st.pool_count() < st.pool_size:
@@ -346,6 +358,9 @@ class ActorManager:
         a.death = exc
         if prev not in ("placing",):
             st.resources.release(a.shape)
+            if a.gpu_ids:
+                st.resources.give_gpus(a.gpu_ids, gpu_amount(a.shape))
+                a.gpu_ids = None
         if a in self.placing:
             self.placing.remove(a)
         pending = list(a.inflight.values()) + list(a.queue)

@@ -97,7 +97,7 @@ class Worker:
     """A worker process, as the state sees it (the server owns the process)."""
 
     __slots__ = ("wid", "pid", "client", "state", "task", "fn_keys", "blocked", "actor",
-                 "exit_desc", "idle_since")
+                 "exit_desc", "idle_since", "kind")
 
     def __init__(self, wid, now):
         self.wid = wid
@@ -110,6 +110,9 @@ class Worker:
         self.actor = None
         self.exit_desc = None
         self.idle_since = now
+        # "cpu" or "gpu" once it ran a task: GPU work never shares a process
+        # with CPU work (CUDA state, CUDA_VISIBLE_DEVICES), as in Ray.
+        self.kind = None
 
 
 class Waiter:
@@ -324,6 +327,16 @@ class NodeState:
 
     def pool_count(self) -> int:
         return sum(1 for w in self.workers.values() if w.actor is None)
+
+    def idle_index(self, kind) -> int:
+        """Where in ``idle`` a worker that may run ``kind`` ("cpu"/"gpu")
+        work is (the most recently idle first), or -1."""
+        idle = self.idle
+        for i in range(len(idle) - 1, -1, -1):
+            k = idle[i].kind
+            if k is None or k == kind:
+                return i
+        return -1
 
     def worker_idle(self, w) -> None:
         w.state = "idle"

@@ -16,6 +16,7 @@ from __future__ import annotations
 from . import _protocol as P
 from . import _task_spec as S
 from ._object_table import READY
+from ._scheduler import gpu_amount
 from .exceptions import (TaskCancelledError, TaskUnschedulableError, WorkerCrashedError,
                          ObjectLostError)
 
@@ -26,7 +27,7 @@ ERROR = P.K.ERROR
 class Task:
     __slots__ = ("spec", "tid", "returns", "shape", "deps_left", "worker", "retries_left",
                  "submitter", "state", "actor", "cancelled", "cpu", "lent", "parent",
-                 "children")
+                 "children", "gpu_ids")
 
     def __init__(self, spec, submitter, actor=None):
         self.spec = spec
@@ -49,6 +50,7 @@ class Task:
         self.lent = False
         self.parent = None      # the task whose worker submitted this one
         self.children = None    # tid -> Task submitted while this one ran
+        self.gpu_ids = None     # GPU ids it holds while it runs
 
     def on_ready(self, st, entry):
         if self.state != "waiting":
@@ -155,24 +157,37 @@ class TaskManager:
     # -- dispatch -----------------------------------------------------------------------
     def schedule(self) -> None:
         st = self.st
-        ready, res, idle = st.ready, st.resources, st.idle
+        ready, res = st.ready, st.resources
         if ready.count:
             for shape in ready.shapes():
+                gpus = gpu_amount(shape)
+                kind = "gpu" if gpus else "cpu"
                 while True:
                     t = ready.peek(shape)
                     if t is None or not res.fits_now(shape):
                         break
-                    if not idle:
+                    i = st.idle_index(kind)
+                    if i < 0:
                         self._grow_pool()
                         break
+                    gpu_ids = None
+                    if gpus:
+                        gpu_ids = res.take_gpus(gpus)
+                        if gpu_ids is None:
+                            break
                     ready.pop(shape)
                     err = self.dep_error(t)
                     if err is not None:
+                        if gpu_ids:
+                            res.give_gpus(gpu_ids, gpus)
                         self.seal_all(t, err)
                         self.forget(t)
                         continue
+                    w = st.idle.pop(i)
                     res.acquire(shape)
-                    self.dispatch(t, idle.pop())
+                    t.gpu_ids = gpu_ids
+                    w.kind = kind
+                    self.dispatch(t, w)
         st.actors.schedule()
 
     def _grow_pool(self) -> None:
@@ -196,6 +211,8 @@ class TaskManager:
         if key not in w.fn_keys:
             blob = st.functions.get(key)
             if blob is None:
+                if t.actor is None:
+                    self._release_worker(w, t)
                 self.fail(t, ObjectLostError(
                     f"the code of '{spec[S.NAME]}' was never registered with the node"))
                 return
@@ -210,7 +227,13 @@ class TaskManager:
         if t.actor is None:
             w.task = t
             w.state = "busy"
-        st.send(client, (M.EXECUTE, spec, blob, deps, args))
+            gpu_ids = t.gpu_ids
+        else:
+            gpu_ids = t.actor.gpu_ids
+        if gpu_ids is None:
+            st.send(client, (M.EXECUTE, spec, blob, deps, args))
+        else:
+            st.send(client, (M.EXECUTE, spec, blob, deps, args, {"GPU": gpu_ids}))
 
     # -- completion -------------------------------------------------------------------
     def on_task_done(self, client, msg) -> None:
@@ -255,6 +278,9 @@ class TaskManager:
     def _release_worker(self, w, t) -> None:
         st = self.st
         st.resources.release(t.shape)
+        if t.gpu_ids is not None:
+            st.resources.give_gpus(t.gpu_ids, gpu_amount(t.shape))
+            t.gpu_ids = None
         if t.lent:
             st.resources.available["CPU"] -= t.cpu
             t.lent = False

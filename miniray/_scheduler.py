@@ -25,10 +25,42 @@ def format_resources(resources) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in items) + "}"
 
 
+def gpu_amount(shape: tuple) -> float:
+    for k, v in shape:
+        if k == "GPU":
+            return v
+    return 0.0
+
+
 class ResourcePool:
     def __init__(self, total: dict):
         self.total = {k: float(v) for k, v in total.items()}
         self.available = dict(self.total)
+        # What is left of each GPU, by id: whole GPUs go to one task each,
+        # fractions of one GPU are packed onto the same id (as Ray does).
+        self.gpu_left = [1.0] * int(self.total.get("GPU", 0))
+
+    def take_gpus(self, amount: float):
+        """GPU ids for a request of ``amount`` GPUs (None if no set of ids
+        has room, even though the total does)."""
+        left = self.gpu_left
+        if amount >= 1.0 - _EPS:
+            ids = [i for i, f in enumerate(left) if f >= 1.0 - _EPS][:int(round(amount))]
+            if len(ids) < int(round(amount)):
+                return None
+            for i in ids:
+                left[i] = 0.0
+            return tuple(ids)
+        for i, f in enumerate(left):
+            if f + _EPS >= amount:
+                left[i] = f - amount
+                return (i,)
+        return None
+
+    def give_gpus(self, ids, amount: float) -> None:
+        share = 1.0 if amount >= 1.0 - _EPS else amount
+        for i in ids:
+            self.gpu_left[i] = min(1.0, self.gpu_left[i] + share)
 
     def fits_ever(self, shape: tuple) -> bool:
         total = self.total
