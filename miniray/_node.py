@@ -136,7 +136,7 @@ class NodeServer:
         self._do = {D.WELCOME: self._welcome, D.CLOSE: self._close_instructed,
                     D.SPAWN: self._spawn, D.KILL: self._kill, D.POKE: self._poke,
                     D.TIMER: self._arm_timer, D.PAUSE_PREFAULT: self._pause_prefault,
-                    D.STOP: self._stop}
+                    D.STOP: self._stop, D.LOG: lambda ins: log(ins[1])}
         owner = config.get("owner_pid")
         if owner:
             try:

@@ -31,6 +31,7 @@ from ._scheduler import gpu_amount
 from .exceptions import ActorDiedError, ActorUnschedulableError, TaskCancelledError
 
 M = P.M
+MAX_START_FAILURES = 5    # workers dying before HELLO, in a row, before actors give up
 
 
 def _one_at_a_time(a) -> bool:
@@ -165,6 +166,25 @@ class ActorManager:
                 return True
         return False
 
+    def worker_start_failed(self, w, failures: int) -> None:
+        """A worker died before it connected.  Actors waiting for a worker
+        get another one; after several such deaths in a row, they fail
+        instead (workers cannot start: a broken environment)."""
+        waiting = [a for a in self.actors.values()
+                   if a.state == "awaiting_worker" and a.worker is None]
+        if not waiting:
+            return
+        if failures >= MAX_START_FAILURES:
+            for a in waiting:
+                self._die(a, ActorDiedError(
+                    f"{a.describe()} could not start: {failures} worker processes in a row "
+                    f"died before connecting (the last one {w.exit_desc}). Check that "
+                    f"'python -m miniray._worker_main' runs in this environment "
+                    f"(see the node's log).", actor_id=a.aid))
+            return
+        if self.st.starting < len(waiting):
+            self.st.spawn_worker()
+
     def _bind(self, a: Actor, w) -> None:
         st = self.st
         a.worker = w
@@ -238,6 +258,10 @@ class ActorManager:
             return
         if error_text is not None:
             text = error_text
+            w = a.worker
+            if w is not None and w.client is not None:
+                # Its process holds no instance: it goes, the pool refills.
+                self.st.send(w.client, (M.EXIT, "actor constructor failed"))
             self._die(a, ActorDiedError(
                 f"{a.describe()} died because its constructor raised:\n{text}", actor_id=a.aid))
             return
@@ -303,7 +327,7 @@ class ActorManager:
             return
         a.worker = None
         reason = f"its worker process (pid={w.pid}) {w.exit_desc}"
-        if a.restarts_left != 0:
+        if a.restarts_left != 0 and not a.exiting:
             if a.restarts_left > 0:
                 a.restarts_left -= 1
             a.num_restarts += 1
@@ -329,6 +353,7 @@ class ActorManager:
                 if t.retries_left and t.retries_left > 0:
                     t.retries_left -= 1
                 t.state = "ready"
+                t.worker = None
                 a.queue.appendleft(t)
             # The constructor task has no return objects, so the (maybe gone)
             # creator's connection is only named, never written to.

@@ -27,7 +27,6 @@ or its task's returns sealed with it); the connection stays up.
 from __future__ import annotations
 
 import enum
-import sys
 import traceback
 
 from . import _protocol as P
@@ -68,6 +67,7 @@ class Do(enum.IntEnum):
     TIMER = 7           # (TIMER, delay_s, name)
     PAUSE_PREFAULT = 8  # (PAUSE_PREFAULT,): a large write starts
     STOP = 9            # (STOP,): stop every worker and exit
+    LOG = 10            # (LOG, text): a line for the node's log (stderr)
 
 
 E = P._as_ints(Ev)
@@ -177,6 +177,8 @@ class NodeState:
         self.stopping = False
         self.schedule_needed = False
         self.out: list = []
+        self._closed_now: set = set()    # cids closed in this turn (late events ignored)
+        self.start_failures = 0          # workers that died before HELLO, in a row
         self.tasks = TaskManager(self)
         self.actors = ActorManager(self)
         self.table.on_unreachable = self.actors.handles_gone
@@ -190,6 +192,7 @@ class NodeState:
     def handle(self, events) -> list:
         """Apply one loop turn's events; the instructions to carry out."""
         out = self.out = []
+        self._closed_now.clear()
         handlers = self._events
         for ev in events:
             handlers[ev[0]](ev)
@@ -235,6 +238,8 @@ class NodeState:
         cid = ev[1]
         client = self.clients.get(cid)
         if client is None:
+            if cid in self._closed_now:
+                return          # read before the state closed it in this same turn
             client = self.clients[cid] = Client(cid)
         handlers = self._handlers
         for msg in ev[2]:
@@ -255,13 +260,18 @@ class NodeState:
             return
         client.closed = True
         del self.clients[client.cid]
+        self._closed_now.add(client.cid)
         for w in list(client.waiters):
             self.drop_waiter(w)
-        self.table.release_process(client.held, client.views, client.unsealed)
+        self.table.release_process(client, client.held, client.views, client.unsealed)
         if client.role == "driver" and self.owner_pid and client.pid == self.owner_pid:
             self._stop()
-        if client.worker is not None:
-            client.worker.client = None
+        w = client.worker
+        if w is not None:
+            w.client = None
+            if w in self.idle:          # its process is reaped later: no work for it
+                self.idle.remove(w)
+                w.state = "exiting"
 
     def _on_spawned(self, ev) -> None:
         w = self.workers.get(ev[1])
@@ -278,12 +288,14 @@ class NodeState:
             self._client_gone(w.client)
         prev = w.state
         w.state = "dead"
-        if prev == "starting":
-            self.starting -= 1
         if w in self.idle:
             self.idle.remove(w)
         if self.stopping:
             return
+        if prev == "starting":
+            self.starting -= 1
+            self.start_failures += 1
+            self.actors.worker_start_failed(w, self.start_failures)
         if w.task is not None:
             self.tasks.worker_died(w)
         if w.actor is not None:
@@ -353,6 +365,7 @@ class NodeState:
         w.client = client
         client.worker = w
         self.starting -= 1
+        self.start_failures = 0
         w.state = "idle"
         if not self.actors.claim_new_worker(w):
             self.worker_idle(w)
@@ -401,7 +414,8 @@ class NodeState:
         _, oid, kind, data, contained = msg
         table = self.table
         e = table.hold(client.held, oid)
-        self.notify(e, table.seal(e, kind, data, contained))
+        if e.state != READY:          # a repeated put of an immutable object changes nothing
+            self.notify(e, table.seal(e, kind, data, contained))
 
     def on_alloc(self, client, msg) -> None:
         _, rid, oid, size = msg
@@ -409,8 +423,11 @@ class NodeState:
         # Pages below this were reserved before: by the prefault, or by the
         # writer of an earlier object (ranges are reused, never punched out).
         reserved = max(table.high_water, self.prefault_done)
+        old = table.entries.get(oid)
+        if old is not None and old.state == READY:
+            raise ValueError(f"object {oid.hex()} exists already; objects are immutable")
         try:
-            e = table.allocate(oid, size)
+            e = table.allocate(oid, size, client)
         except ObjectStoreFullError as exc:
             self.send(client, (M.REPLY, rid, False, ObjectStoreFullError(str(exc))))
             return
@@ -423,7 +440,7 @@ class NodeState:
         oid = msg[1]
         if oid in client.unsealed:
             client.unsealed.discard(oid)
-            self.table.drop_unsealed(oid)
+            self.table.drop_unsealed(oid, client)
 
     def on_seal(self, client, msg) -> None:
         _, oid, kind, hold, contained = msg
@@ -496,6 +513,13 @@ class NodeState:
         self._end_waiting(w)
         entries = self.table.entries
         client = w.client
+        for oid in w.oids:
+            if oid not in entries:
+                # Freed while the GET waited (its last ref dropped meanwhile).
+                self.send(client, (M.REPLY, w.rid, False, ObjectLostError(
+                    f"object {oid.hex()} was freed while a get waited for it: the last "
+                    f"reference to it was dropped meanwhile")))
+                return
         payload_for = self.payload_for
         self.send(client, (M.REPLY, w.rid, True, [payload_for(client, entries[o]) for o in w.oids]))
 
@@ -613,7 +637,7 @@ class NodeState:
 
     # -- frames that cannot be decoded or handled ---------------------------------------------------
     def _on_unknown(self, client, msg) -> None:
-        raise ValueError(f"unknown message tag {msg[0]!r}: the sender speaks another version "
+        raise RaySystemError(f"unknown message tag {msg[0]!r}: the sender speaks another version "
                          f"of the miniray protocol")
 
     def on_bad_frame(self, client, msg) -> None:
@@ -631,8 +655,8 @@ class NodeState:
         REPLY to its request id, or its task's returns sealed with the error;
         otherwise a BAD_FRAME notice.  The connection stays up."""
         if not isinstance(exc, RaySystemError):
-            sys.stderr.write(f"(miniray node) message {msg[0]!r} from pid={client.pid} failed:\n"
-                             + "".join(traceback.format_exception(exc)))
+            self.out.append((D.LOG, f"message {_tag_name(msg)} from pid={client.pid} failed:\n"
+                             + "".join(traceback.format_exception(exc))))
             exc = RaySystemError(f"the node could not handle a {_tag_name(msg)} message: "
                                  f"{type(exc).__name__}: {exc}")
         tag = msg[0] if isinstance(msg, tuple) and msg else None

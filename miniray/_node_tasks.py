@@ -71,15 +71,20 @@ class TaskManager:
         self.start(t)
 
     def create(self, spec, client, actor=None) -> Task:
+        # Everything that can raise on a malformed spec comes before the
+        # first change of state: a bad submit fails alone, leaving nothing.
         t = Task(spec, client, actor)
-        if t.tid in self.tasks:
-            raise ValueError(f"task id {t.tid.hex()} is already in use")
+        pinned = self._pinned(spec)
+        if t.tid in self.tasks or type(t.tid) is not bytes or len(t.tid) != 14:
+            raise ValueError(f"bad or duplicate task id {t.tid!r}")
+        if not all(type(oid) is bytes for oid in pinned):
+            raise ValueError("the task's argument ids are not object ids")
         self.tasks[t.tid] = t
         table = self.st.table
         held = client.held
         for oid in t.returns:
             table.hold(held, oid).task = t
-        for oid in self._pinned(spec):
+        for oid in pinned:
             table.pin(oid)
         w = client.worker
         if w is not None and w.task is not None:
@@ -131,6 +136,12 @@ class TaskManager:
 
     def deps_ready(self, t: Task) -> None:
         t.state = "ready"
+        if t.actor is None and t.spec[S.DEPS]:
+            err = self.dep_error(t)
+            if err is not None:       # fails now, without waiting for a CPU
+                self.seal_all(t, err)
+                self.forget(t)
+                return
         if t.actor is not None:
             self.st.actors.pump(t.actor)
             return
@@ -237,7 +248,8 @@ class TaskManager:
 
     # -- completion -------------------------------------------------------------------
     def on_task_done(self, client, msg) -> None:
-        _, tid, results, retryable, note = msg
+        tid, results, retryable = msg[1], msg[2], msg[3]
+        note = msg[4] if len(msg) > 4 else None
         t = self.tasks.get(tid)
         w = client.worker
         if t is None:

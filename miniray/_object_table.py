@@ -30,7 +30,7 @@ ACTOR_HANDLE = K.ACTOR_HANDLE   # an actor id doubles as an object id
 
 class Entry:
     __slots__ = ("oid", "state", "kind", "inline", "offset", "size", "holders",
-                 "pins", "contained", "waiters", "task")
+                 "pins", "contained", "waiters", "task", "writer")
 
     def __init__(self, oid):
         self.oid = oid
@@ -44,6 +44,7 @@ class Entry:
         self.contained = ()
         self.waiters = None
         self.task = None
+        self.writer = None      # who is writing its range (CREATING)
 
     def payload(self):
         """What a reader needs: (kind, bytes) or (kind, (offset, size))."""
@@ -67,7 +68,7 @@ class ObjectTable:
             e = self.entries[oid] = Entry(oid)
         return e
 
-    def allocate(self, oid, size) -> Entry:
+    def allocate(self, oid, size, writer=None) -> Entry:
         """Reserve an arena range for ``oid``; raises ObjectStoreFullError."""
         offset = self.alloc.allocate(size)
         if offset is None:
@@ -78,6 +79,7 @@ class ObjectTable:
             # A retried task writes its result again: drop the old range.
             self.alloc.free(e.offset)
         e.offset, e.size, e.state = offset, size, CREATING
+        e.writer = writer
         return e
 
     def full_message(self, size) -> str:
@@ -97,6 +99,7 @@ class ObjectTable:
             e.inline = inline
             self.inline_bytes += len(inline)
         e.state = READY
+        e.writer = None
         if contained:
             e.contained = contained
             entries = self.entries
@@ -160,10 +163,10 @@ class ObjectTable:
                 views[oid] = n - 1
             self.unpin(oid)
 
-    def release_process(self, held: set, views: dict, unsealed: set) -> None:
+    def release_process(self, writer, held: set, views: dict, unsealed: set) -> None:
         """A process is gone: everything it held, viewed or was writing."""
         for oid in unsealed:
-            self.drop_unsealed(oid)
+            self.drop_unsealed(oid, writer)
         unsealed.clear()
         entries = self.entries
         for oid, n in views.items():
@@ -210,12 +213,14 @@ class ObjectTable:
                         stack.append(ce)
             e.contained = ()
 
-    def drop_unsealed(self, oid) -> None:
-        """The writer died before sealing: return the range."""
+    def drop_unsealed(self, oid, writer=None) -> None:
+        """The writer died or gave up before sealing: return the range
+        (only ``writer``'s own, when given: a retry may write it again)."""
         e = self.entries.get(oid)
-        if e is not None and e.state == CREATING:
+        if e is not None and e.state == CREATING and (writer is None or e.writer is writer):
             self.alloc.free(e.offset)
             e.offset, e.size, e.state = -1, 0, PENDING
+            e.writer = None
             if e.holders <= 0 and e.pins <= 0 and e.task is None and not e.waiters:
                 del self.entries[oid]
 

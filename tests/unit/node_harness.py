@@ -136,6 +136,7 @@ class Node:
                "address": "/nonexistent/miniray.sock", "inline_threshold": 100 * 1024,
                "hostname": "test"}
         cfg.update(config)
+        self.logs = []
         self.st = NodeState(cfg, {"arena_size": arena_size, "arena_dir": "/nonexistent",
                                   "store_warning": None, "node_pid": 1})
         self.cids = itertools.count(1)
@@ -145,7 +146,10 @@ class Node:
 
     # -- feeding events ------------------------------------------------------------------------
     def handle(self, *events) -> list:
-        return self.st.handle(list(events))
+        """The instructions, less D.LOG lines (kept in ``self.logs``)."""
+        out = self.st.handle(list(events))
+        self.logs.extend(ins[1] for ins in out if ins[0] == D.LOG)
+        return [ins for ins in out if ins[0] != D.LOG]
 
     def msgs(self, cid, *messages) -> list:
         return self.handle((E.MESSAGES, cid, list(messages)))

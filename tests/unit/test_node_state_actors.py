@@ -89,7 +89,9 @@ def test_constructor_failure_kills_the_actor_and_its_queued_calls():
     assert n.call(d, c) == []                               # waits for the constructor
     n.get(d, 2, [ret(c)])
     out = n.init_done(1, init, ValueError("boom"))
-    assert [ins[:2] for ins in out][:1] == [(SEND, d)] and out[0][2][:3] == (M.REPLY, 2, True)
+    # The worker goes (it holds no instance), the waiting get is answered.
+    assert out[0] == (SEND, n.wc(1), (M.EXIT, "actor constructor failed"))
+    assert out[1][:2] == (SEND, d) and out[1][2][:3] == (M.REPLY, 2, True)
     err = n.error(ret(c))
     assert isinstance(err, ActorDiedError) and "constructor raised" in str(err)
     assert "ValueError: boom" in str(err) and err.actor_id == aid

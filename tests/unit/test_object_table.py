@@ -43,7 +43,7 @@ def test_release_process_drops_everything_it_had():
     t.pin_view(views, a)
     t.allocate(oid(2), 1000)
     unsealed.add(oid(2))
-    t.release_process(held, views, unsealed)
+    t.release_process(None, held, views, unsealed)
     assert not t.entries and t.alloc.used == 0 and not (held or views or unsealed)
 
 
