@@ -37,7 +37,8 @@ import time
 from . import _protocol as P
 from ._node_state import NodeState, E, D
 from ._store.arena import Prefault, create_arena_file
-from ._transport import MAGIC, NONCE_LEN, DIGEST_LEN, digest, listen
+from ._transport import (MAGIC, NONCE_LEN, CLIENT_PROOF_LEN, client_proof, node_proof,
+                         listen)
 
 M = P.M
 EVENT_READ = selectors.EVENT_READ
@@ -275,18 +276,28 @@ class NodeServer:
             self.events.append((E.MESSAGES, conn.cid, msgs))
 
     def _authenticate(self, conn: Conn, data: bytes):
+        """The client's nonce and proof; then our proof goes first on its
+        output, so it precedes the WELCOME frame.  Bytes after the proof
+        are frames, parsed only now that the client is known."""
         buf = conn.reader._buf
         buf += data
-        if len(buf) < DIGEST_LEN:
+        if len(buf) < CLIENT_PROOF_LEN:
             return None
-        got = bytes(buf[:DIGEST_LEN])
-        rest = bytes(buf[DIGEST_LEN:])
+        client_nonce = bytes(buf[:NONCE_LEN])
+        got = bytes(buf[NONCE_LEN:CLIENT_PROOF_LEN])
+        rest = bytes(buf[CLIENT_PROOF_LEN:])
         buf.clear()
-        if not hmac.compare_digest(got, digest(self.token, conn.nonce)):
-            log("rejected a connection with a wrong cluster token")
+        if not hmac.compare_digest(got, client_proof(self.token, conn.nonce, client_nonce)):
+            try:
+                peer = conn.sock.getpeername() or "a local process"
+            except OSError:
+                peer = "a peer"
+            log(f"rejected a connection from {peer}: it does not hold this cluster's token")
             self._close(conn, notify=False)
             return None
         conn.authed = True
+        conn.out += node_proof(self.token, conn.nonce, client_nonce)
+        self.dirty.append(conn)
         return rest
 
     def _close(self, conn: Conn, notify=True) -> None:

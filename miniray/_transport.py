@@ -2,16 +2,22 @@
 
 Addresses are Unix sockets in the abstract namespace (``unix:@name``: no file
 to leak when a process is killed) or TCP (``tcp:host:port``).  Every
-connection authenticates before any byte is unpickled:
+connection authenticates *both ways* before either side unpickles a byte:
+each side proves it holds the cluster token over a fresh nonce of the other.
 
-    node   -> client   b"MRAY1" + 32-byte random nonce
-    client -> node     HMAC-SHA256(token, nonce)           (32 bytes)
-    client -> node     frame HELLO (now pickle is allowed: the peer is known)
-    node   -> client   frame WELCOME, with the arena's fd by SCM_RIGHTS
-                       on Unix sockets
+    node   -> client   b"MRAY2" + node nonce Nn (32 bytes)
+    client -> node     client nonce Nc (32) + HMAC(token, "client" Nn Nc) (32)
+                       + frame HELLO        (the node reads it only once the
+                                             client's proof matched)
+    node   -> client   HMAC(token, "node" Nc Nn) (32) + frame WELCOME, with the
+                       arena's fd by SCM_RIGHTS on Unix sockets (the client
+                       reads the frame only once the node's proof matched)
 
-The node side of the handshake is non-blocking and lives in ``_node``; this
-module holds the shared constants, the client side and address parsing.
+So a fake node cannot feed a client pickles, nor a fake client a node, and
+the proofs are bound to both nonces (no replay, no reflection: the two
+proofs are labelled differently).  The node side of the handshake is
+non-blocking and lives in ``_node``; this module holds the shared pieces,
+the client side and address parsing.
 """
 from __future__ import annotations
 
@@ -27,10 +33,11 @@ from .exceptions import RaySystemError
 __all__ = ["MAGIC", "NONCE_LEN", "DIGEST_LEN", "make_token", "digest",
            "parse_address", "listen", "connect_client"]
 
-MAGIC = b"MRAY1"
+MAGIC = b"MRAY2"
 NONCE_LEN = 32
 DIGEST_LEN = 32
 CHALLENGE_LEN = len(MAGIC) + NONCE_LEN
+CLIENT_PROOF_LEN = NONCE_LEN + DIGEST_LEN
 
 
 def make_token() -> bytes:
@@ -39,6 +46,14 @@ def make_token() -> bytes:
 
 def digest(token: bytes, nonce: bytes) -> bytes:
     return hmac.new(token, nonce, hashlib.sha256).digest()
+
+
+def client_proof(token: bytes, node_nonce: bytes, client_nonce: bytes) -> bytes:
+    return digest(token, b"client" + node_nonce + client_nonce)
+
+
+def node_proof(token: bytes, node_nonce: bytes, client_nonce: bytes) -> bytes:
+    return digest(token, b"node" + client_nonce + node_nonce)
 
 
 def parse_address(address: str):
@@ -95,10 +110,15 @@ def connect_client(address: str, token: bytes, hello: tuple, *, timeout: float =
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         challenge = _recv_exact(sock, CHALLENGE_LEN)
         if challenge[:len(MAGIC)] != MAGIC:
-            raise RaySystemError(f"{address} is not a miniray node (bad greeting)")
-        sock.sendall(digest(token, challenge[len(MAGIC):]) + P.encode(hello))
+            raise RaySystemError(f"{address} is not a miniray node of this version "
+                                 f"(bad greeting {challenge[:len(MAGIC)]!r})")
+        node_nonce = challenge[len(MAGIC):]
+        client_nonce = os.urandom(NONCE_LEN)
+        sock.sendall(client_nonce + client_proof(token, node_nonce, client_nonce)
+                     + P.encode(hello))
         fds = []
         buf = b""
+        proof = None
         while True:
             if family == socket.AF_UNIX:
                 data, got_fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 4)
@@ -106,9 +126,19 @@ def connect_client(address: str, token: bytes, hello: tuple, *, timeout: float =
             else:
                 data = sock.recv(1 << 16)
             if not data:
-                raise ConnectionError("the node closed the connection during the handshake "
-                                      "(wrong cluster token?)")
+                raise ConnectionError(
+                    f"the node at {address} closed the connection during the handshake: it "
+                    f"rejected this process's cluster token (a different cluster, or a stale "
+                    f"MINIRAY_AUTH_TOKEN / token file), or it is shutting down")
             buf += data
+            if proof is None:
+                if len(buf) < DIGEST_LEN:
+                    continue
+                proof, buf = buf[:DIGEST_LEN], buf[DIGEST_LEN:]
+                if not hmac.compare_digest(proof, node_proof(token, node_nonce, client_nonce)):
+                    raise ConnectionError(
+                        f"the process at {address} could not prove it holds this cluster's "
+                        f"token: it is not this cluster's node (nothing it sent was read)")
             if len(buf) >= 4:
                 (length,) = struct.unpack_from("<I", buf)
                 if len(buf) >= 4 + length:

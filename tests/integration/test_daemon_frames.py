@@ -13,7 +13,8 @@ import pytest
 from miniray import _protocol as P
 from miniray import _serialization as ser
 from miniray import _task_spec as S
-from miniray._transport import MAGIC, NONCE_LEN, digest, parse_address
+from miniray._transport import (MAGIC, NONCE_LEN, DIGEST_LEN, client_proof, connect_client,
+                                node_proof, parse_address)
 from tests.conftest import run_driver
 
 M = P.M
@@ -40,9 +41,12 @@ class RawClient:
         self.sock.settimeout(10)
         self.sock.connect(sockaddr)
         challenge = self._recv_exact(len(MAGIC) + NONCE_LEN)
-        self.sock.sendall(digest(token, challenge[len(MAGIC):]))
+        node_nonce, client_nonce = challenge[len(MAGIC):], os.urandom(NONCE_LEN)
+        self.sock.sendall(client_nonce + client_proof(token, node_nonce, client_nonce))
         self.reader = P.FrameReader()
         self.sock.sendall(P.encode((M.HELLO, "driver", os.getpid(), None, {})))
+        proof = self._recv_exact(DIGEST_LEN)
+        assert proof == node_proof(token, node_nonce, client_nonce)
         data, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 4)
         for fd in fds:
             os.close(fd)
@@ -165,3 +169,39 @@ def test_node_serves_real_drivers_after_bad_frames(raw):
     assert out.returncode == 0, out.stderr
     assert "result 42" in out.stdout
     client.query_stats(1)
+
+
+def test_wrong_token_is_refused_and_the_node_keeps_serving(raw):
+    client, (_, env, info) = raw
+    with pytest.raises(ConnectionError, match="rejected this process's cluster token"):
+        connect_client(info["address"], b"not the token", (M.HELLO, "driver", 1, None, {}))
+    client.query_stats(1)
+
+
+def test_client_never_reads_a_pickle_from_a_node_without_the_token(tmp_path):
+    """A fake node greets like a node, skips the proof and sends a pickle
+    that would run a command: the client refuses before reading it."""
+    import threading
+    marker = tmp_path / "ran"
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def fake_node():
+        sock, _ = listener.accept()
+        with sock:
+            sock.sendall(MAGIC + os.urandom(NONCE_LEN))
+            sock.recv(1 << 16)
+            evil = pickle.dumps(Explosive(str(marker)), 5)
+            sock.sendall(os.urandom(DIGEST_LEN) + struct.pack("<I", len(evil)) + evil)
+            sock.recv(1)
+    t = threading.Thread(target=fake_node, name="fake-node")
+    t.start()
+    try:
+        with pytest.raises(ConnectionError, match="could not prove it holds"):
+            connect_client(f"127.0.0.1:{port}", b"token", (M.HELLO, "driver", 1, None, {}))
+    finally:
+        t.join(10)
+        listener.close()
+    assert not marker.exists()
