@@ -28,9 +28,11 @@ from . import _protocol as P
 from . import _task_spec as S
 from ._object_table import READY
 from ._scheduler import gpu_amount
+from ._task_kind import TaskKind
 from .exceptions import ActorDiedError, ActorUnschedulableError, TaskCancelledError
 
 M = P.M
+ACTOR_CREATE = TaskKind.ACTOR_CREATE
 MAX_START_FAILURES = 5    # workers dying before HELLO, in a row, before actors give up
 
 
@@ -228,7 +230,7 @@ class ActorManager:
             t = q.popleft()
             if t.state == "cancelled" or t.state == "done":
                 continue
-            if a.state == "starting" and t.spec[S.METHOD] != "__init__":
+            if a.state == "starting" and t.kind != ACTOR_CREATE:
                 q.appendleft(t)
                 break
             if t.state != "ready" or (held_back is not None and t.submitter in held_back):
@@ -274,7 +276,7 @@ class ActorManager:
     def call_done(self, t) -> None:
         a = t.actor
         a.inflight.pop(t.tid, None)
-        if t.spec[S.METHOD] == "__init__":
+        if t.kind == ACTOR_CREATE:
             return
         if a.exiting and not a.queue and not a.inflight:
             self._exit_gracefully(a)
@@ -334,11 +336,11 @@ class ActorManager:
             retry, fail = [], []
             st = self.st
             tasks = st.tasks
-            for t in [t for t in a.queue if t.spec[S.METHOD] == "__init__"]:
+            for t in [t for t in a.queue if t.kind == ACTOR_CREATE]:
                 a.queue.remove(t)       # never sent: the new constructor replaces it
                 tasks.forget(t)
             for t in a.inflight.values():
-                if t.spec[S.METHOD] == "__init__":
+                if t.kind == ACTOR_CREATE:
                     tasks.forget(t)     # died in its constructor
                     continue
                 budget = t.retries_left if t.retries_left is not None else a.max_task_retries

@@ -17,17 +17,19 @@ from . import _protocol as P
 from . import _task_spec as S
 from ._object_table import READY
 from ._scheduler import gpu_amount
+from ._task_kind import TaskKind, kind_of
 from .exceptions import (TaskCancelledError, TaskUnschedulableError, WorkerCrashedError,
                          ObjectLostError)
 
 M = P.M
+ACTOR_CREATE = TaskKind.ACTOR_CREATE
 ERROR = P.K.ERROR
 
 
 class Task:
     __slots__ = ("spec", "tid", "returns", "shape", "deps_left", "worker", "retries_left",
                  "submitter", "state", "actor", "cancelled", "cpu", "lent", "parent",
-                 "children", "gpu_ids")
+                 "children", "gpu_ids", "kind")
 
     def __init__(self, spec, submitter, actor=None):
         self.spec = spec
@@ -51,6 +53,7 @@ class Task:
         self.parent = None      # the task whose worker submitted this one
         self.children = None    # tid -> Task submitted while this one ran
         self.gpu_ids = None     # GPU ids it holds while it runs
+        self.kind = kind_of(spec)
 
     def on_ready(self, st, entry):
         if self.state != "waiting":
@@ -255,7 +258,7 @@ class TaskManager:
         if t is None:
             return
         st = self.st
-        if t.actor is not None and t.spec[S.METHOD] == "__init__":
+        if t.kind == ACTOR_CREATE:
             # The constructor's outcome: results == [(None, kind, data, ())];
             # ``note`` is its error's text (the node never unpickles it).
             kind = results[0][1]

@@ -18,7 +18,7 @@ it, the node schedules by it, the worker runs it.
                  daemons never unpickle a user's object)
     PINS         ids the task keeps alive while pending (refs nested in args)
     ACTOR_ID     for actor calls / creation: the actor's 16-byte id, else None
-    METHOD       actor method name ("__init__" for creation), else None
+    METHOD       actor method name (``_task_kind.ACTOR_INIT`` for creation), else None
     EXTRA        dict of rarely used options, or None
 """
 from __future__ import annotations
