@@ -26,6 +26,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import json
+import mmap
 import os
 import selectors
 import signal
@@ -35,15 +36,17 @@ import sys
 import time
 
 from . import _protocol as P
-from ._node_state import NodeState, E, D
+from ._node_events import E, D
+from ._node_state import NodeState
 from ._store.arena import Prefault, create_arena_file
-from ._transport import (MAGIC, NONCE_LEN, CLIENT_PROOF_LEN, client_proof, node_proof,
-                         listen)
+from ._transport import (MAGIC, NONCE_LEN, DIGEST_LEN, CHALLENGE_LEN, CLIENT_PROOF_LEN,
+                         client_proof, node_proof, listen, parse_address)
 
 M = P.M
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 HUGE_PAGE = 2 * 2**20
+DIAL_TIMEOUT_S = 5.0     # a peer node's handshake must complete within this
 POKE_TRIES = 20          # SIGUSR1s at most per cancel while output is pending
 SEND = D.SEND
 
@@ -57,7 +60,7 @@ class Conn:
     """One client connection: socket, framing and the output buffer."""
 
     __slots__ = ("sock", "cid", "server", "reader", "out", "authed", "nonce", "closed",
-                 "want_write")
+                 "want_write", "dialing")
 
     def __init__(self, sock, server, cid):
         self.sock = sock
@@ -69,6 +72,7 @@ class Conn:
         self.nonce = os.urandom(NONCE_LEN)
         self.closed = False
         self.want_write = False
+        self.dialing = None     # our handshake as the client of a peer node (see _dial_step)
 
     def send(self, msg) -> None:
         if self.closed:
@@ -112,8 +116,17 @@ class NodeServer:
         self.token = token
         self.address = config["address"]
         self.sel = selectors.DefaultSelector()
-        self.listener = listen(self.address)
-        self.sel.register(self.listener, EVENT_READ, self._accept)
+        self.listeners = [listen(self.address)]
+        peer_address = None
+        if config.get("peer_listen"):
+            # Other nodes (and nothing else) connect here, over TCP.
+            tcp = listen(config["peer_listen"])
+            self.listeners.append(tcp)
+            host = config["peer_listen"].rpartition(":")[0] or "127.0.0.1"
+            peer_address = f"{host}:{tcp.getsockname()[1]}"
+        self.peer_address = peer_address
+        for lst in self.listeners:
+            self.sel.register(lst, EVENT_READ, lambda m, lst=lst: self._accept(lst))
         size = int(config["object_store_memory"])
         if config.get("huge_pages"):
             size = -(-size // HUGE_PAGE) * HUGE_PAGE
@@ -124,8 +137,12 @@ class NodeServer:
         self.prefault = Prefault(self.arena_fd, prefault)
         self.prefault_seen = 0
         config.setdefault("hostname", socket.gethostname())
+        self.arena_size = size
+        self._arena_map = None      # mapped on first use: objects sent to / read from peers
+        self.ready_fd = None
         self.state = NodeState(config, {"arena_size": size, "arena_dir": arena_dir,
-                                        "store_warning": warning, "node_pid": os.getpid()})
+                                        "store_warning": warning, "node_pid": os.getpid(),
+                                        "peer_address": peer_address})
         self.conns: dict[int, Conn] = {}
         self.dirty: list[Conn] = []
         self.procs: dict[int, Proc] = {}        # wid -> worker process
@@ -137,7 +154,9 @@ class NodeServer:
         self._do = {D.WELCOME: self._welcome, D.CLOSE: self._close_instructed,
                     D.SPAWN: self._spawn, D.KILL: self._kill, D.POKE: self._poke,
                     D.TIMER: self._arm_timer, D.PAUSE_PREFAULT: self._pause_prefault,
-                    D.STOP: self._stop, D.LOG: lambda ins: log(ins[1])}
+                    D.STOP: self._stop, D.LOG: lambda ins: log(ins[1]),
+                    D.READY: self._ready, D.CONNECT: self._connect,
+                    D.SEND_ARENA: self._send_arena, D.WRITE_ARENA: self._write_arena}
         owner = config.get("owner_pid")
         if owner:
             try:
@@ -149,10 +168,8 @@ class NodeServer:
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, ready_fd=None) -> None:
+        self.ready_fd = ready_fd
         self.apply(self.state.handle([(E.START, time.monotonic())]))
-        if ready_fd is not None:
-            os.write(ready_fd, b"ready\n")
-            os.close(ready_fd)
         self.prefault.start()
         sel = self.sel
         events = self.events
@@ -166,6 +183,7 @@ class NodeServer:
                 key.data(mask)
             if self.timers:
                 now = time.monotonic()
+                self._check_dials()
                 due = [t for t in self.timers if t[0] <= now]
                 if due:
                     self.timers = [t for t in self.timers if t[0] > now]
@@ -201,6 +219,8 @@ class NodeServer:
         for conn in dirty:
             if conn.closed or not conn.out:
                 continue
+            if conn.dialing is not None and conn.dialing[2] is None:
+                continue            # our proof must go first: sent by _dial_step
             try:
                 sent = conn.sock.send(conn.out)
             except BlockingIOError:
@@ -215,10 +235,10 @@ class NodeServer:
                 self.sel.modify(conn.sock, EVENT_READ | EVENT_WRITE,
                                 lambda m, c=conn: self._on_conn(c, m))
 
-    def _accept(self, mask) -> None:
+    def _accept(self, listener) -> None:
         while True:
             try:
-                sock, _ = self.listener.accept()
+                sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             sock.setblocking(False)
@@ -259,7 +279,12 @@ class NodeServer:
             self._close(conn)
             return
         try:
-            if not conn.authed:
+            if conn.dialing is not None:
+                data = self._dial_step(conn, bytes(reader._view[:n]))
+                if data is None:
+                    return
+                msgs = reader.feed(data)
+            elif not conn.authed:
                 data = self._authenticate(conn, bytes(reader._view[:n]))
                 if data is None:
                     return
@@ -311,7 +336,7 @@ class NodeServer:
         conn.sock.close()
         if self.conns.get(conn.cid) is conn:
             del self.conns[conn.cid]
-        if notify and conn.authed:
+        if notify and (conn.authed or conn.dialing is not None):
             self.events.append((E.CLOSED, conn.cid))
 
     # -- instructions ---------------------------------------------------------------------------
@@ -407,6 +432,101 @@ class NodeServer:
     def _arm_timer(self, ins) -> None:
         self.timers.append((time.monotonic() + ins[1], ins[2]))
 
+    def _ready(self, ins) -> None:
+        """The node serves (and joined its cluster): tell whoever started it,
+        with the address other nodes reach it at."""
+        if self.ready_fd is not None:
+            os.write(self.ready_fd, f"ready {self.peer_address or ''}\n".encode())
+            os.close(self.ready_fd)
+            self.ready_fd = None
+
+    def _connect(self, ins) -> None:
+        """A link to another node.  Non-blocking, handshake included: two
+        nodes dialling each other at once must not wait on each other."""
+        _, cid, address = ins
+        try:
+            family, sockaddr = parse_address(address)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(sockaddr)
+            except BlockingIOError:
+                pass
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            log(f"could not connect to the node at {address}: {exc}")
+            self.events.append((E.CLOSED, cid))
+            return
+        conn = Conn(sock, self, cid)
+        # address, bytes so far, (their nonce, ours) once sent, deadline
+        conn.dialing = [address, b"", None, time.monotonic() + DIAL_TIMEOUT_S]
+        self.conns[cid] = conn
+        self.sel.register(sock, EVENT_READ, lambda m, c=conn: self._on_conn(c, m))
+        self.timers.append((conn.dialing[3], None))
+
+    def _check_dials(self) -> None:
+        """A peer that never completes the handshake fails its link in
+        bounded time."""
+        now = time.monotonic()
+        for conn in list(self.conns.values()):
+            if conn.dialing is not None and conn.dialing[3] <= now:
+                log(f"the node at {conn.dialing[0]} did not answer within {DIAL_TIMEOUT_S:g} s")
+                self._close(conn)
+
+    def _dial_step(self, conn, data: bytes):
+        """Our side of the handshake with a peer node; the bytes after it
+        (frames) once the peer proved it holds the token, else None."""
+        address, buf, nonces, _ = conn.dialing
+        buf += data
+        if nonces is None:
+            if len(buf) < CHALLENGE_LEN:
+                conn.dialing[1] = buf
+                return None
+            if buf[:len(MAGIC)] != MAGIC:
+                log(f"{address} is not a miniray node of this version")
+                self._close(conn)
+                return None
+            node_nonce = buf[len(MAGIC):CHALLENGE_LEN]
+            nonce = os.urandom(NONCE_LEN)
+            try:
+                conn.sock.sendall(nonce + client_proof(self.token, node_nonce, nonce))
+            except OSError:
+                self._close(conn)
+                return None
+            nonces = conn.dialing[2] = (node_nonce, nonce)
+            buf = buf[CHALLENGE_LEN:]
+            if conn.out:
+                self.dirty.append(conn)    # frames queued meanwhile may go now
+        if len(buf) < DIGEST_LEN:
+            conn.dialing[1] = buf
+            return None
+        node_nonce, nonce = nonces
+        if not hmac.compare_digest(buf[:DIGEST_LEN], node_proof(self.token, node_nonce, nonce)):
+            log(f"the process at {address} could not prove it holds this cluster's token: "
+                f"link refused, nothing it sent was read")
+            self._close(conn)
+            return None
+        conn.dialing = None
+        conn.authed = True
+        return buf[DIGEST_LEN:]
+
+    def _arena(self):
+        if self._arena_map is None:
+            self._arena_map = mmap.mmap(self.arena_fd, self.arena_size)
+        return self._arena_map
+
+    def _send_arena(self, ins) -> None:
+        _, cid, msg, offset, size = ins
+        conn = self.conns.get(cid)
+        if conn is not None:
+            data = self._arena()[offset:offset + size]
+            conn.send(msg[:3] + (data,) + msg[4:])
+
+    def _write_arena(self, ins) -> None:
+        _, offset, data = ins
+        self._arena()[offset:offset + len(data)] = data
+
     def _pause_prefault(self, ins) -> None:
         self.prefault.pause()
 
@@ -446,7 +566,8 @@ class NodeServer:
                 log(f"worker pid={p.popen.pid} did not exit after SIGKILL")
         for conn in list(self.conns.values()):
             conn.sock.close()
-        self.listener.close()
+        for lst in self.listeners:
+            lst.close()
         self.prefault.stop()
         os.close(self.arena_fd)
 

@@ -26,12 +26,13 @@ or its task's returns sealed with it); the connection stays up.
 """
 from __future__ import annotations
 
-import enum
 import traceback
 
 from . import _protocol as P
 from . import _task_spec as S
 from ._node_actors import ActorManager
+from ._node_cluster import ClusterState
+from ._node_events import Ev, Do, E, D  # noqa: F401 (Ev, Do: re-exported for the server and tests)
 from ._node_tasks import TaskManager
 from ._object_table import ObjectTable, READY, CREATING
 from ._scheduler import ResourcePool, ReadyQueues
@@ -39,47 +40,17 @@ from ._serialization import dumps
 from .exceptions import ObjectLostError, ObjectStoreFullError, RaySystemError
 
 M = P.M
+SEND = D.SEND
 IDLE_CHECK_S = 2.0      # how often extra idle workers are looked at
 IDLE_EXIT_S = 10.0      # how long an extra worker may stay idle
 LARGE_WRITE = 8 * 2**20  # an ALLOC this large pauses the prefault
-
-
-class Ev(enum.IntEnum):
-    """Events, as tuples tagged by these (sent as plain ints)."""
-    START = 1          # (START, now): the server is up
-    MESSAGES = 2       # (MESSAGES, cid, [msg, ...]): frames from an authenticated client
-    CLOSED = 3         # (CLOSED, cid): the client's connection ended
-    SPAWNED = 4        # (SPAWNED, wid, pid): a worker process was started
-    WORKER_EXITED = 5  # (WORKER_EXITED, wid, description): reaped, with its exit status
-    TIMER = 6          # (TIMER, name, now): a timer armed by Do.TIMER fired
-    PREFAULT = 7       # (PREFAULT, reserved_upto): arena pages reserved so far
-    STOP = 8           # (STOP, why): a signal, or the driver that started the node died
-
-
-class Do(enum.IntEnum):
-    """Instructions, as tuples tagged by these (plain ints)."""
-    SEND = 1            # (SEND, cid, msg)
-    WELCOME = 2         # (WELCOME, cid, info): WELCOME frame + the arena's fd
-    CLOSE = 3           # (CLOSE, cid): close the connection (no CLOSED event follows)
-    SPAWN = 4           # (SPAWN, wid): start a worker process
-    KILL = 5            # (KILL, wid): SIGKILL the worker
-    POKE = 6            # (POKE, wid, cid): SIGUSR1 once its output is written (cancels)
-    TIMER = 7           # (TIMER, delay_s, name)
-    PAUSE_PREFAULT = 8  # (PAUSE_PREFAULT,): a large write starts
-    STOP = 9            # (STOP,): stop every worker and exit
-    LOG = 10            # (LOG, text): a line for the node's log (stderr)
-
-
-E = P._as_ints(Ev)
-D = P._as_ints(Do)
-SEND = D.SEND
 
 
 class Client:
     """A connected process, as the state sees it: what it holds."""
 
     __slots__ = ("cid", "role", "pid", "held", "views", "unsealed", "worker", "waiters",
-                 "closed")
+                 "closed", "peer")
 
     def __init__(self, cid):
         self.cid = cid
@@ -91,6 +62,7 @@ class Client:
         self.worker = None
         self.waiters = set()
         self.closed = False
+        self.peer = None        # the node id, for a link to another node
 
 
 class Worker:
@@ -181,7 +153,9 @@ class NodeState:
         self.start_failures = 0          # workers that died before HELLO, in a row
         self.tasks = TaskManager(self)
         self.actors = ActorManager(self)
+        self.cluster = ClusterState(self, config)
         self.table.on_unreachable = self.actors.handles_gone
+        self.table.on_freed_remote = self.cluster.freed
         self._events = {E.START: self._on_start, E.MESSAGES: self._on_messages,
                         E.CLOSED: self._on_closed, E.SPAWNED: self._on_spawned,
                         E.WORKER_EXITED: self._on_worker_exited, E.TIMER: self._on_timer,
@@ -233,6 +207,11 @@ class NodeState:
         for _ in range(self.pool_size):
             self.spawn_worker()
         self.out.append((D.TIMER, IDLE_CHECK_S, "reap"))
+        self.cluster.start(self.facts)
+
+    def new_client(self, cid):
+        client = self.clients[cid] = Client(cid)
+        return client
 
     def _on_messages(self, ev) -> None:
         cid = ev[1]
@@ -240,7 +219,7 @@ class NodeState:
         if client is None:
             if cid in self._closed_now:
                 return          # read before the state closed it in this same turn
-            client = self.clients[cid] = Client(cid)
+            client = self.new_client(cid)
         handlers = self._handlers
         for msg in ev[2]:
             if client.closed:
@@ -264,6 +243,9 @@ class NodeState:
         for w in list(client.waiters):
             self.drop_waiter(w)
         self.table.release_process(client, client.held, client.views, client.unsealed)
+        self.actors.owner_gone(client)
+        if client.role == "node":
+            self.cluster.link_closed(client)
         if client.role == "driver" and self.owner_pid and client.pid == self.owner_pid:
             self._stop()
         w = client.worker
@@ -307,11 +289,17 @@ class NodeState:
         if ev[1] == "reap":
             self.out.append((D.TIMER, IDLE_CHECK_S, "reap"))
             self._reap_idle_workers()
+        elif ev[1] == "heartbeat":
+            self.cluster.heartbeat()
 
     def _on_prefault(self, ev) -> None:
         self.prefault_done = ev[1]
 
     def _on_stop(self, ev) -> None:
+        self._stop()
+
+    def stop(self, why) -> None:
+        self.out.append((D.LOG, f"stopping: {why}"))
         self._stop()
 
     def _stop(self) -> None:
@@ -375,6 +363,9 @@ class NodeState:
     def on_hello(self, client, msg) -> None:
         _, role, pid, wid, info = msg
         client.role, client.pid = role, pid
+        if role == "node":
+            self.cluster.on_node_hello(client, info or {})
+            return
         if role == "driver":
             self.job_counter += 1
             job = self.job_counter
@@ -456,6 +447,8 @@ class NodeState:
     def notify(self, entry, waiters) -> None:
         for w in waiters:
             w.on_ready(self, entry)
+        if entry.peer_waiters:
+            self.cluster.sealed(entry)
 
     def payload_for(self, client, e) -> tuple:
         """What to send for a READY entry; arena views are leased to ``client``."""
@@ -483,6 +476,7 @@ class NodeState:
                     e.waiters = [w]
                 else:
                     e.waiters.append(w)
+                self.cluster.ensure(e)
         if w is None:
             payload_for = self.payload_for
             self.send(client, (M.REPLY, rid, True, [payload_for(client, entries[o]) for o in oids]))
@@ -536,6 +530,7 @@ class NodeState:
                         e.waiters = [w]
                     else:
                         e.waiters.append(w)
+                    self.cluster.ensure(e)
         if len(oids) - w.left >= num_returns:
             self._drop_from_entries(w)
             w.done = True
@@ -610,11 +605,14 @@ class NodeState:
 
     def _query(self, what, arg):
         Q = P.Q
+        cluster = self.cluster
         if what == Q.CLUSTER_RESOURCES:
-            return dict(self.resources.total)
+            return cluster.total() if cluster.enabled else dict(self.resources.total)
         if what == Q.AVAILABLE_RESOURCES:
-            return self.resources.snapshot_available()
+            return cluster.available() if cluster.enabled else self.resources.snapshot_available()
         if what == Q.NODES:
+            if cluster.enabled:
+                return cluster.nodes_rows()
             return [{"NodeID": self.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
                      "NodeManagerHostname": self.config.get("hostname", ""),
                      "Resources": dict(self.resources.total), "alive": True,
@@ -676,7 +674,7 @@ class NodeState:
         self.send(client, (M.BAD_FRAME, str(exc)))
 
     def _message_handlers(self) -> dict:
-        t, a = self.tasks, self.actors
+        t, a, c = self.tasks, self.actors, self.cluster
         return {M.HELLO: self.on_hello, M.SUBMIT: t.on_submit,
                 M.PUT_INLINE: self.on_put_inline, M.ALLOC: self.on_alloc,
                 M.ABORT_ALLOC: self.on_abort_alloc, M.SEAL: self.on_seal,
@@ -685,7 +683,11 @@ class NodeState:
                 M.REGISTER_FN: self.on_register_fn, M.SERIALIZERS: self.on_serializers,
                 M.TASK_DONE: t.on_task_done, M.CANCEL: t.on_cancel, M.QUERY: self.on_query,
                 M.ACTOR_CREATE: a.on_create, M.ACTOR_CALL: a.on_call, M.ACTOR_KILL: a.on_kill,
-                M.SHUTDOWN: self.on_shutdown, M.BAD_FRAME: self.on_bad_frame}
+                M.SHUTDOWN: self.on_shutdown, M.BAD_FRAME: self.on_bad_frame,
+                # links between nodes
+                M.PEER_WELCOME: c.on_peer_welcome, M.NODE_STATUS: c.on_status,
+                M.CLUSTER_VIEW: c.on_view, M.FORWARD: c.on_forward, M.RESULTS: c.on_results,
+                M.PULL: c.on_pull, M.OBJECT: c.on_object, M.OBJECT_LOST: c.on_object_lost}
 
 
 # Requests whose second field is the request id their REPLY answers.

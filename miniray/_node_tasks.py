@@ -16,10 +16,10 @@ from __future__ import annotations
 from . import _protocol as P
 from . import _task_spec as S
 from ._object_table import READY
-from ._scheduler import gpu_amount
+from ._scheduler import format_resources, gpu_amount
 from ._task_kind import TaskKind, kind_of
-from .exceptions import (TaskCancelledError, TaskUnschedulableError, WorkerCrashedError,
-                         ObjectLostError)
+from .exceptions import (NodeDiedError, ObjectLostError, TaskCancelledError,
+                         WorkerCrashedError)
 
 M = P.M
 ACTOR_CREATE = TaskKind.ACTOR_CREATE
@@ -29,7 +29,7 @@ ERROR = P.K.ERROR
 class Task:
     __slots__ = ("spec", "tid", "returns", "shape", "deps_left", "worker", "retries_left",
                  "submitter", "state", "actor", "cancelled", "cpu", "lent", "parent",
-                 "children", "gpu_ids", "kind")
+                 "children", "gpu_ids", "kind", "origin")
 
     def __init__(self, spec, submitter, actor=None):
         self.spec = spec
@@ -54,6 +54,7 @@ class Task:
         self.children = None    # tid -> Task submitted while this one ran
         self.gpu_ids = None     # GPU ids it holds while it runs
         self.kind = kind_of(spec)
+        self.origin = None      # the peer link of the node that forwarded it here
 
     def on_ready(self, st, entry):
         if self.state != "waiting":
@@ -67,6 +68,8 @@ class TaskManager:
     def __init__(self, st):
         self.st = st
         self.tasks: dict[bytes, Task] = {}
+        self.infeasible: list = []      # ready tasks no node can run (yet)
+        self.warned: set = set()        # (client cid, shape) already told
 
     # -- submission -------------------------------------------------------------------
     def on_submit(self, client, msg) -> None:
@@ -125,6 +128,7 @@ class TaskManager:
         deps = list(t.spec[S.DEPS])
         if t.spec[S.ARGS_OID] is not None:
             deps.append(t.spec[S.ARGS_OID])
+        ensure = self.st.cluster.ensure
         for oid in deps:
             e = entries[oid]
             if e.state != READY:
@@ -133,6 +137,7 @@ class TaskManager:
                     e.waiters = [t]
                 else:
                     e.waiters.append(t)
+                ensure(e)
         t.deps_left = left
         if left == 0:
             self.deps_ready(t)
@@ -148,16 +153,56 @@ class TaskManager:
         if t.actor is not None:
             self.st.actors.pump(t.actor)
             return
+        self.place(t)
+
+    def place(self, t: Task) -> None:
+        """Here, on another node, or parked until some node can run it."""
         st = self.st
-        why = st.resources.never_fits(t.shape)
-        if why:
-            self.fail(t, TaskUnschedulableError(
-                f"task '{t.spec[S.NAME]}' {why}: it can never run. Lower the request in "
-                f"@remote(...)/.options(...), or start the node with more resources "
-                f"(init(num_cpus=..., resources={{...}}))."))
+        cluster = st.cluster
+        if cluster.enabled and t.origin is None:
+            where = cluster.place(t)
+            if where == "infeasible":
+                self._park(t)
+                return
+            if where is not None and cluster.forward(t, where):
+                return
+            if not st.resources.fits_ever(t.shape):
+                self._park(t)
+                return
+        elif not st.resources.fits_ever(t.shape):
+            self._park(t)
             return
         st.ready.push(t.shape, t)
         st.schedule_needed = True
+
+    def _park(self, t: Task) -> None:
+        """No node can run it now: it waits (as in Ray) for a node that can
+        to join; its caller is told once per resource shape."""
+        st = self.st
+        t.state = "infeasible"
+        self.infeasible.append(t)
+        client = t.submitter
+        key = (client.cid, t.shape)
+        if key not in self.warned and client.role == "driver":
+            self.warned.add(key)
+            if st.cluster.enabled:
+                where = f"no node of the cluster has (it has {format_resources(st.cluster.total())})"
+            else:
+                where = f"this node does not have (it has {format_resources(st.resources.total)})"
+            st.send(client, (M.WARNING, (
+                f"task '{t.spec[S.NAME]}' asks for {format_resources(t.shape)}, which {where}: "
+                f"it stays pending until a node that has them joins. Lower the request in "
+                f"@remote(...)/.options(...), or add such a node.")))
+
+    def retry_infeasible(self) -> None:
+        """The cluster changed: parked tasks may fit somewhere now."""
+        if not self.infeasible:
+            return
+        parked, self.infeasible = self.infeasible, []
+        for t in parked:
+            if t.state == "infeasible":
+                t.state = "ready"
+                self.place(t)
 
     def dep_error(self, t: Task):
         """The payload of the first failed top-level arg, if any."""
@@ -288,6 +333,8 @@ class TaskManager:
         self.seal_results(t, results, client)
         if t.actor is not None:
             st.actors.call_done(t)
+        if t.origin is not None:
+            st.cluster.task_finished_for_peer(t, results)
         self.forget(t)
 
     def _release_worker(self, w, t) -> None:
@@ -335,8 +382,31 @@ class TaskManager:
             st.notify(e, table.seal(e, ERROR, error_payload, ()))
             table.release(e)
 
+    def object_lost(self, e, exc) -> None:
+        """An object that cannot be had any more: it becomes that error."""
+        st = self.st
+        e.location = None
+        e.pulling = False
+        if e.state != READY:
+            st.notify(e, st.table.seal(e, ERROR, st.error_payload(exc), ()))
+            st.table.release(e)
+
+    def remote_node_died(self, t: Task, node_id, why) -> None:
+        """The node a task was forwarded to died: place it again while
+        retries remain (as for a crashed worker)."""
+        if t.retries_left > 0 and not t.cancelled:
+            t.retries_left -= 1
+            t.state = "ready"
+            self.place(t)
+            return
+        self.fail(t, NodeDiedError(
+            f"task '{t.spec[S.NAME]}' was running on node {node_id}, which died ({why}), and "
+            f"it has no retries left (max_retries)."))
+
     def fail(self, t: Task, exc: BaseException) -> None:
         self.seal_all(t, self.st.error_payload(exc))
+        if t.origin is not None:
+            self.st.cluster.task_finished_for_peer(t, ())
         if t.actor is not None:
             self.st.actors.call_done(t)
         self.forget(t)
@@ -414,6 +484,13 @@ class TaskManager:
             st.actors.cancel(t, force)
             return
         t.cancelled = True
+        if t.state == "remote":
+            node_id = st.cluster.forwarded.get(t.tid)
+            link = st.cluster.link(node_id) if node_id else None
+            if link is not None:
+                st.send(link, (M.CANCEL, t.returns[0] if t.returns else t.tid + b"\0\0",
+                               force, recursive))
+            return
         if t.state == "running" and t.worker is not None:
             w = t.worker
             if force:
@@ -424,5 +501,7 @@ class TaskManager:
             return
         if t.state == "ready":
             st.ready.remove(t.shape, t)
+        elif t.state == "infeasible":
+            self.infeasible.remove(t)
         t.state = "cancelled"
         self.fail(t, TaskCancelledError(t.tid.hex()))

@@ -30,7 +30,8 @@ ACTOR_HANDLE = K.ACTOR_HANDLE   # an actor id doubles as an object id
 
 class Entry:
     __slots__ = ("oid", "state", "kind", "inline", "offset", "size", "holders",
-                 "pins", "contained", "waiters", "task", "writer")
+                 "pins", "contained", "waiters", "task", "writer", "owner", "location",
+                 "pulling", "peer_waiters", "remote_leases")
 
     def __init__(self, oid):
         self.oid = oid
@@ -45,6 +46,14 @@ class Entry:
         self.waiters = None
         self.task = None
         self.writer = None      # who is writing its range (CREATING)
+        # Cluster: the node counting its refs if not this one; where its
+        # only copy is while not here; a pull under way; peer links waiting
+        # for it; nodes holding a lease for us (DECREF them when it goes).
+        self.owner = None
+        self.location = None
+        self.pulling = False
+        self.peer_waiters = None
+        self.remote_leases = None
 
     def payload(self):
         """What a reader needs: (kind, bytes) or (kind, (offset, size))."""
@@ -60,6 +69,7 @@ class ObjectTable:
         self.inline_bytes = 0
         self.high_water = 0      # end of the highest range ever handed out
         self.on_unreachable = None   # callback(entry) for actor handles (see release)
+        self.on_freed_remote = None  # callback(entry) for entries leased on other nodes
 
     # -- creation -----------------------------------------------------------
     def get_or_create(self, oid) -> Entry:
@@ -186,8 +196,10 @@ class ObjectTable:
         """Free ``e`` if nothing can reach it any more, and whatever only it
         kept alive (the refs it contained).  ``on_unreachable`` hears of each
         actor-handle entry whose last lease went (the actor then ends)."""
-        if e.holders > 0 or e.pins > 0 or e.state != READY or e.waiters:
+        if e.holders > 0 or e.pins > 0 or e.waiters:
             return
+        if e.state != READY and (e.task is not None or e.state == CREATING):
+            return          # being made: its maker seals it
         stack = [e]
         entries = self.entries
         while stack:
@@ -199,6 +211,8 @@ class ObjectTable:
                 if e.holders > 0 or e.pins > 0:
                     continue
             del entries[e.oid]
+            if (e.location is not None or e.remote_leases) and self.on_freed_remote:
+                self.on_freed_remote(e)
             if e.inline is not None:
                 self.inline_bytes -= len(e.inline)
                 e.inline = None

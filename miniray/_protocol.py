@@ -46,6 +46,20 @@ node -> client
   BAD_FRAME     text                              a frame from this client could not be
                                                   decoded or handled; nothing else was lost
   JOB           sys_path                          (to workers: a driver joined)
+  WARNING       text                              print to the user (e.g. an infeasible task)
+
+node <-> node (peer links; see ``_node_cluster``)
+  HELLO         "node", pid, None, {node_id, register, address, ip, resources}
+  PEER_WELCOME  {node_id, view}
+  NODE_STATUS   available, queued                 (to the head, every heartbeat)
+  CLUSTER_VIEW  [node rows]                       (from the head, every heartbeat)
+  FORWARD       spec, {oid: owner}, fn_blob | None, serializers | None   run it here
+  RESULTS       task_id, [(oid, kind, data | None, size, {contained oid: owner})]
+  PULL          oid                               -> OBJECT | OBJECT_LOST (the sender holds
+                                                  a lease on it until it says DECREF)
+  OBJECT        oid, kind, data, {contained oid: owner}
+  OBJECT_LOST   oid, why
+  REFS          [(DECREF, oid)]                   a lease given back
 """
 from __future__ import annotations
 
@@ -93,6 +107,15 @@ class Msg(enum.IntEnum):
     EXIT = 25
     JOB = 28
     BAD_FRAME = 29
+    PEER_WELCOME = 30
+    NODE_STATUS = 31
+    CLUSTER_VIEW = 32
+    FORWARD = 33
+    RESULTS = 34
+    PULL = 35
+    OBJECT = 36
+    OBJECT_LOST = 37
+    WARNING = 38
 
 
 class RefOp(enum.IntEnum):

@@ -21,7 +21,7 @@ from .node_harness import (ERROR, FN_BLOB, SEND, VALUE, M, Node, error_results, 
 def test_start_spawns_the_pool_and_arms_the_reaper():
     n = Node(num_cpus=3, start=False)
     assert n.handle((E.START, 0.0)) == [(D.SPAWN, 1), (D.SPAWN, 2), (D.SPAWN, 3),
-                                        (D.TIMER, IDLE_CHECK_S, "reap")]
+                                        (D.TIMER, IDLE_CHECK_S, "reap"), (D.READY,)]
     assert n.starting() == [1, 2, 3]
 
 
@@ -88,15 +88,17 @@ def test_ready_tasks_run_fifo_as_cpus_free_up():
     assert n.done(2, s1) == [(SEND, n.wc(2), execute(s4, blob=None))]
 
 
-def test_task_that_can_never_fit_fails_at_once():
+def test_task_no_node_can_run_stays_pending_with_one_warning():
     n = Node().pool()
     d = n.driver()
     s = spec(shape=(("CPU", 1.0), ("GPU", 2.0)))
-    assert n.submit(d, s) == []
-    err = n.error(ret(s))
-    assert isinstance(err, TaskUnschedulableError)
-    assert "GPU: 2" in str(err) and "can never run" in str(err)
-    assert n.cpu() == 1.0 and n.idle() == [1] and not n.st.tasks.tasks
+    out = n.submit(d, s)
+    assert [ins[:2] for ins in out] == [(SEND, d)] and out[0][2][0] == M.WARNING
+    assert "GPU: 2" in out[0][2][1] and "stays pending" in out[0][2][1]
+    assert n.submit(d, spec(shape=(("CPU", 1.0), ("GPU", 2.0)))) == []   # told once
+    assert n.entry(ret(s)).state != 2 and n.cpu() == 1.0 and n.idle() == [1]
+    assert n.msgs(d, (M.CANCEL, ret(s), False, True)) == []
+    assert isinstance(n.error(ret(s)), TaskCancelledError)
 
 
 def test_zero_return_task_runs_and_is_forgotten():

@@ -1,0 +1,522 @@
+"""The node's part in a cluster: membership, placement across nodes, and
+objects that live on other nodes.  Part of the node's pure state.
+
+    head node                         other nodes
+    ─ keeps the node table ◄── HELLO(role node, register) ── joins at start
+      (id, address, resources,        NODE_STATUS (every HEARTBEAT_S) ──►
+       load, alive)         ── CLUSTER_VIEW (every HEARTBEAT_S) ──► all nodes
+    ─ marks a node dead when its link closes or it is silent DEAD_AFTER_S
+
+Every node schedules what it can run itself.  A task that cannot run here
+(its resources are missing here, or busy here while another node has room,
+or its strategy names another node) is FORWARDed to the chosen node over a
+peer link; that node runs it like a local submit and sends RESULTS back.
+The head is never a per-task hop: placement uses the view every node gets.
+
+Objects: a node that FORWARDs a task or hands out an object names the
+*owner* of every object id it mentions (the node whose table counts its
+refs).  A node that needs an object it does not have sends PULL to the
+owner, which answers OBJECT with the bytes (reading its arena through the
+server: the state never touches memory) or serves it once its task is done;
+the owner holds a lease for the puller (its link is one more client) until
+the puller's copy is freed and it sends DECREF.  A forwarded task's small
+results travel inside RESULTS; large ones stay where they were made until
+someone pulls them (``Entry.location``).
+
+Links: peer connections are clients like any other (role "node").  A node
+connects to a peer when it first needs to talk to it (``Do.CONNECT`` with a
+client id the state picks, negative so it never meets the server's).
+"""
+from __future__ import annotations
+
+from . import _protocol as P
+from . import _task_spec as S
+from ._node_events import D
+from ._object_table import READY
+from .exceptions import ObjectLostError, RaySystemError
+
+M = P.M
+HEARTBEAT_S = 0.5       # status to the head, view to the nodes
+DEAD_AFTER_S = 3.0      # silence after which the head declares a node dead (< 5 s)
+
+
+class NodeInfo:
+    __slots__ = ("node_id", "address", "ip", "total", "available", "alive", "is_head",
+                 "last_seen", "queued")
+
+    def __init__(self, node_id, address, ip, total, is_head, now):
+        self.node_id = node_id
+        self.address = address
+        self.ip = ip
+        self.total = dict(total)
+        self.available = dict(total)
+        self.alive = True
+        self.is_head = is_head
+        self.last_seen = now
+        self.queued = 0
+
+    def row(self) -> tuple:
+        return (self.node_id, self.address, self.ip, self.total, self.available, self.alive,
+                self.is_head, self.queued)
+
+
+def _fits(shape, resources) -> bool:
+    return all(resources.get(k, 0.0) + 1e-9 >= v for k, v in shape)
+
+
+class ClusterState:
+    def __init__(self, st, config: dict):
+        self.st = st
+        self.node_id = config["node_id"]
+        self.is_head = bool(config.get("is_head"))
+        self.head_address = config.get("head_address")
+        self.ip = config.get("node_ip", "127.0.0.1")
+        self.peer_address = None          # "ip:port" of our TCP listener (server fact)
+        self.nodes: dict = {}             # node_id -> NodeInfo (the view)
+        self.links: dict = {}             # node_id -> Client of the peer link
+        self.head = None                  # Client of the link to the head
+        self.next_cid = -1
+        self.spread = 0
+        self.forwarded: dict = {}         # tid -> node_id it runs on
+        self.code_sent: dict = {}         # node_id -> function keys it has from us
+
+    @property
+    def enabled(self) -> bool:
+        return self.is_head or self.head_address is not None
+
+    # -- membership ------------------------------------------------------------------------
+    def start(self, facts: dict) -> None:
+        st = self.st
+        self.peer_address = facts.get("peer_address")
+        me = NodeInfo(self.node_id, self.peer_address, self.ip, st.resources.total,
+                      self.is_head or not self.enabled, st.now)
+        self.nodes[self.node_id] = me
+        if self.head_address is None:
+            st.out.append((D.READY,))
+            if self.is_head:
+                st.out.append((D.TIMER, HEARTBEAT_S, "heartbeat"))
+            return
+        self.head = self.connect(self.head_address)
+        st.send(self.head, (M.HELLO, "node", st.facts["node_pid"], None,
+                            {"node_id": self.node_id, "address": self.peer_address,
+                             "ip": self.ip, "resources": dict(st.resources.total),
+                             "register": True}))
+
+    def connect(self, address):
+        """A new peer link (the server connects and authenticates)."""
+        st = self.st
+        cid = self.next_cid
+        self.next_cid -= 1
+        client = st.new_client(cid)
+        client.role = "node"
+        st.out.append((D.CONNECT, cid, address))
+        return client
+
+    def link(self, node_id):
+        """The link to ``node_id``, made on first use; None if it is dead."""
+        c = self.links.get(node_id)
+        if c is not None and not c.closed:
+            return c
+        info = self.nodes.get(node_id)
+        if info is None or not info.alive or not info.address:
+            return None
+        c = self.links[node_id] = self.connect(info.address)
+        c.peer = node_id
+        self.st.send(c, (M.HELLO, "node", self.st.facts["node_pid"], None,
+                         {"node_id": self.node_id, "register": False}))
+        return c
+
+    def on_node_hello(self, client, info: dict) -> None:
+        """A node connected to us: the head registers it; any node keeps
+        the link for talking back."""
+        st = self.st
+        peer = info.get("node_id")
+        client.peer = peer
+        if peer not in self.links or self.links[peer].closed:
+            self.links[peer] = client
+        if info.get("register"):
+            if not self.is_head:
+                st.send(client, (M.BAD_FRAME, "this node is not the head: join the head's "
+                                              "address"))
+                return
+            self.nodes[peer] = NodeInfo(peer, info.get("address"), info.get("ip"),
+                                        info.get("resources") or {}, False, st.now)
+            st.out.append((D.LOG, f"node {peer} joined from {info.get('address')}"))
+            self._broadcast_view()
+        st.send(client, (M.PEER_WELCOME, {"node_id": self.node_id, "view": self.view_rows()}))
+
+    def on_peer_welcome(self, client, msg) -> None:
+        info = msg[1]
+        client.peer = info["node_id"]
+        if client is self.head:
+            self.links[info["node_id"]] = client
+            self.apply_view(info["view"])
+            st = self.st
+            st.out.append((D.READY,))
+            st.out.append((D.TIMER, HEARTBEAT_S, "heartbeat"))
+
+    def view_rows(self) -> list:
+        return [n.row() for n in self.nodes.values()]
+
+    def apply_view(self, rows) -> None:
+        for node_id, address, ip, total, available, alive, is_head, queued in rows:
+            if node_id == self.node_id:
+                continue
+            n = self.nodes.get(node_id)
+            if n is None:
+                n = self.nodes[node_id] = NodeInfo(node_id, address, ip, total, is_head,
+                                                   self.st.now)
+            was_alive = n.alive
+            n.available, n.alive, n.queued = available, alive, queued
+            if was_alive and not alive:
+                self.node_died(node_id, "the head declared it dead")
+        self.st.tasks.retry_infeasible()
+
+    def on_status(self, client, msg) -> None:
+        n = self.nodes.get(getattr(client, "peer", None))
+        if n is not None:
+            n.available, n.queued = msg[1], msg[2]
+            n.last_seen = self.st.now
+
+    def on_view(self, client, msg) -> None:
+        self.apply_view(msg[1])
+
+    def heartbeat(self) -> None:
+        """Timer: our status to the head; on the head, the view to all and
+        the dead to be declared."""
+        st = self.st
+        st.out.append((D.TIMER, HEARTBEAT_S, "heartbeat"))
+        me = self.nodes[self.node_id]
+        me.available = st.resources.snapshot_available()
+        me.queued = len(st.ready)
+        if not self.is_head:
+            if self.head is not None and not self.head.closed:
+                st.send(self.head, (M.NODE_STATUS, me.available, me.queued))
+            return
+        me.last_seen = st.now
+        for n in list(self.nodes.values()):
+            if n.alive and not n.is_head and st.now - n.last_seen > DEAD_AFTER_S:
+                self.declare_dead(n.node_id, f"no heartbeat for {DEAD_AFTER_S:g} s")
+        self._broadcast_view()
+
+    def _broadcast_view(self) -> None:
+        rows = self.view_rows()
+        for node_id, n in self.nodes.items():
+            if n.alive and node_id != self.node_id:
+                c = self.links.get(node_id)
+                if c is not None and not c.closed:
+                    self.st.send(c, (M.CLUSTER_VIEW, rows))
+
+    def declare_dead(self, node_id, why) -> None:
+        n = self.nodes.get(node_id)
+        if n is None or not n.alive:
+            return
+        n.alive = False
+        st = self.st
+        st.out.append((D.LOG, f"node {node_id} is dead: {why}"))
+        self.node_died(node_id, why)
+        self._broadcast_view()
+
+    def link_closed(self, client) -> None:
+        peer = getattr(client, "peer", None)
+        if client is self.head:
+            st = self.st
+            st.out.append((D.LOG, "the head node is gone: this node stops"))
+            st.stop("the cluster's head node died")
+            return
+        if peer is not None and self.links.get(peer) is client:
+            del self.links[peer]
+            if self.is_head:
+                self.declare_dead(peer, "its connection to the head closed")
+
+    def node_died(self, node_id, why) -> None:
+        """Work forwarded there fails or reruns; objects only there are lost."""
+        st = self.st
+        for tid, where in list(self.forwarded.items()):
+            if where == node_id:
+                del self.forwarded[tid]
+                t = st.tasks.tasks.get(tid)
+                if t is not None:
+                    st.tasks.remote_node_died(t, node_id, why)
+        for e in list(st.table.entries.values()):
+            if e.location == node_id and e.state != READY:
+                e.location = None
+                st.tasks.object_lost(e, ObjectLostError(
+                    f"object {e.oid.hex()} was lost: its only copy was on node {node_id}, "
+                    f"which died ({why})"))
+
+    # -- placement ---------------------------------------------------------------------------
+    def place(self, t) -> str | None:
+        """Where a ready task runs: None for here, else a node id; raises
+        nothing: "infeasible" when no node can ever run it."""
+        st = self.st
+        shape = t.shape
+        extra = t.spec[S.EXTRA] or {}
+        strategy = extra.get("strategy")
+        here = self.nodes.get(self.node_id)
+        if strategy is not None and strategy[0] == "NODE":
+            target, soft = strategy[1], strategy[2]
+            if target == self.node_id:
+                return None
+            n = self.nodes.get(target)
+            if n is not None and n.alive and _fits(shape, n.total):
+                return target
+            if not soft:
+                return "infeasible"
+        alive = [n for n in self.nodes.values() if n.alive and _fits(shape, n.total)]
+        if not alive:
+            return "infeasible"
+        if strategy is not None and strategy[0] == "SPREAD":
+            self.spread += 1
+            n = alive[self.spread % len(alive)]
+            return None if n.node_id == self.node_id else n.node_id
+        if here is not None and _fits(shape, st.resources.total) and (
+                st.resources.fits_now(shape) or len(alive) == 1):
+            return None
+        # Busy or unable here: the node with the most room now, else here
+        # (when it can ever run it), else the least loaded that can.
+        room = [n for n in alive if n.node_id != self.node_id and _fits(shape, n.available)]
+        if room:
+            return max(room, key=lambda n: sum(n.available.get(k, 0) for k, _ in shape)).node_id
+        if _fits(shape, st.resources.total):
+            return None
+        return min((n for n in alive if n.node_id != self.node_id),
+                   key=lambda n: n.queued).node_id
+
+    # -- forwarding ------------------------------------------------------------------------------
+    def forward(self, t, node_id) -> bool:
+        c = self.link(node_id)
+        if c is None:
+            return False
+        st = self.st
+        owners = {}
+        for oid in st.tasks._pinned(t.spec):
+            owners[oid] = self.owner_of(oid)
+        key = t.spec[S.FN_KEY]
+        sent = self.code_sent.setdefault(node_id, set())
+        blob = None
+        if key not in sent:
+            blob = st.functions.get(key)
+            sent.add(key)
+        t.state = "remote"
+        self.forwarded[t.tid] = node_id
+        st.send(c, (M.FORWARD, t.spec, owners, blob, st.serializers))
+        return True
+
+    def owner_of(self, oid) -> str:
+        e = self.st.table.entries.get(oid)
+        owner = e.owner if e is not None else None
+        return owner or self.node_id
+
+    def on_forward(self, client, msg) -> None:
+        """A peer's task: run it here as if submitted by the peer."""
+        _, spec, owners, blob, serializers = msg
+        st = self.st
+        if blob is not None:
+            st.functions[spec[S.FN_KEY]] = blob
+        if serializers is not None and serializers != st.serializers:
+            st.on_serializers(client, (M.SERIALIZERS, serializers))
+        table = st.table
+        for oid, owner in owners.items():
+            e = table.get_or_create(oid)
+            if owner != self.node_id and e.owner is None and e.state != READY:
+                e.owner = owner
+        t = st.tasks.create(spec, client)
+        t.origin = client
+        st.tasks.start(t)
+
+    def task_finished_for_peer(self, t, results) -> None:
+        """A forwarded task finished here: its results go to its origin.
+        Small values travel inside RESULTS (and the copy here goes); large
+        ones stay here, leased to the origin until it says DECREF."""
+        st = self.st
+        out = []
+        entries = st.table.entries
+        for oid in t.returns:
+            e = entries.get(oid)
+            if e is None:
+                continue
+            if e.inline is not None:
+                out.append((oid, e.kind, e.inline, e.size, self._owners(e.contained)))
+            else:
+                out.append((oid, e.kind, None, e.size, self._owners(e.contained)))
+        st.send(t.origin, (M.RESULTS, t.tid, out))
+        for oid, kind, data, size, _ in out:
+            if data is not None:
+                st.table.unhold(t.origin.held, oid)
+
+    def _owners(self, contained) -> dict:
+        return {oid: self.owner_of(oid) for oid in contained} if contained else {}
+
+    def on_results(self, client, msg) -> None:
+        _, tid, results = msg
+        st = self.st
+        self.forwarded.pop(tid, None)
+        t = st.tasks.tasks.get(tid)
+        table = st.table
+        for oid, kind, data, size, owners in results:
+            self._learn_owners(owners)
+            e = table.get_or_create(oid)
+            e.task = None
+            if data is not None:
+                if e.state != READY:
+                    st.notify(e, table.seal(e, kind, data, tuple(owners)))
+                table.release(e)
+            else:
+                # Stays on the peer until someone here needs it.
+                e.location = client.peer
+                e.size = size
+                if e.waiters:
+                    self.pull(e)
+                table.release(e)
+        if t is not None:
+            st.tasks.forget(t)
+
+    def _learn_owners(self, owners) -> None:
+        table = self.st.table
+        for oid, owner in owners.items():
+            if owner != self.node_id:
+                e = table.get_or_create(oid)
+                if e.owner is None and e.state != READY:
+                    e.owner = owner
+
+    # -- objects elsewhere ----------------------------------------------------------------------
+    def ensure(self, e) -> None:
+        """``e`` is wanted here (a get, a wait, a task's argument): pull it
+        if it lives on another node."""
+        if e.state == READY or e.pulling:
+            return
+        if e.location is not None or (e.owner is not None and e.owner != self.node_id
+                                      and e.task is None):
+            self.pull(e)
+
+    def pull(self, e) -> None:
+        if e.pulling:
+            return
+        source = e.location or e.owner
+        c = self.link(source)
+        st = self.st
+        if c is None:
+            st.tasks.object_lost(e, ObjectLostError(
+                f"object {e.oid.hex()} is on node {source}, which is dead or unknown"))
+            return
+        e.pulling = True
+        st.send(c, (M.PULL, e.oid))
+
+    def on_pull(self, client, msg) -> None:
+        """A peer wants an object: serve it now, or once it is made here."""
+        oid = msg[1]
+        st = self.st
+        e = st.table.entries.get(oid)
+        if e is None:
+            st.send(client, (M.OBJECT_LOST, oid, f"node {self.node_id} does not have it (it "
+                                                 f"was freed, or never made there)"))
+            return
+        st.table.hold(client.held, oid)        # the puller's lease, until its DECREF
+        if e.state == READY:
+            self.serve(client, e)
+        else:
+            if e.peer_waiters is None:
+                e.peer_waiters = []
+            e.peer_waiters.append(client)
+            self.ensure(e)
+
+    def serve(self, client, e) -> None:
+        st = self.st
+        owners = self._owners(e.contained)
+        if e.inline is not None:
+            st.send(client, (M.OBJECT, e.oid, e.kind, e.inline, owners))
+        else:
+            st.out.append((D.SEND_ARENA, client.cid, (M.OBJECT, e.oid, e.kind, None, owners),
+                           e.offset, e.size))
+
+    def sealed(self, e) -> None:
+        """``e`` became READY here: peers waiting for it get it."""
+        waiters, e.peer_waiters = e.peer_waiters, None
+        for c in waiters:
+            if not c.closed:
+                self.serve(c, e)
+
+    def on_object(self, client, msg) -> None:
+        _, oid, kind, data, owners = msg
+        st = self.st
+        table = st.table
+        e = table.entries.get(oid)
+        self._learn_owners(owners)
+        if e is None or e.state == READY:
+            # Nobody wants it any more: give the lease back.
+            st.send(client, (M.REFS, [(P.R.DECREF, oid)]))
+            return
+        e.pulling = False
+        if e.remote_leases is None:
+            e.remote_leases = []
+        e.remote_leases.append(client.peer)
+        contained = tuple(owners)
+        if len(data) <= st.config["inline_threshold"]:
+            st.notify(e, table.seal(e, kind, data, contained))
+        else:
+            try:
+                table.allocate(oid, len(data), None)
+            except Exception as exc:
+                st.tasks.object_lost(e, exc)
+                return
+            st.out.append((D.WRITE_ARENA, e.offset, data))
+            st.notify(e, table.seal(e, kind, None, contained))
+        e.location = None
+        if e.peer_waiters:
+            self.sealed(e)
+        table.release(e)
+
+    def on_object_lost(self, client, msg) -> None:
+        _, oid, why = msg
+        e = self.st.table.entries.get(oid)
+        if e is not None and e.state != READY:
+            e.pulling = False
+            self.st.tasks.object_lost(e, ObjectLostError(
+                f"object {oid.hex()} could not be fetched from node {client.peer}: {why}"))
+
+    def freed(self, e) -> None:
+        """An entry that held leases on other nodes is gone: give them back."""
+        nodes = list(e.remote_leases or ())
+        if e.location is not None:
+            nodes.append(e.location)
+        for node_id in set(nodes):
+            c = self.links.get(node_id)
+            if c is not None and not c.closed:
+                self.st.send(c, (M.REFS, [(P.R.DECREF, e.oid)]))
+
+    # -- queries ----------------------------------------------------------------------------------
+    def nodes_rows(self) -> list:
+        st = self.st
+        me = self.nodes.get(self.node_id)
+        if me is not None:
+            me.available = st.resources.snapshot_available()
+        out = []
+        for n in (self.nodes.values() if self.nodes else ()):
+            out.append({"NodeID": n.node_id, "Alive": n.alive, "alive": n.alive,
+                        "NodeManagerAddress": n.ip, "NodeManagerHostname": n.ip,
+                        "NodeManagerPort": 0, "ObjectStoreSocketName": n.address,
+                        "Resources": dict(n.total) if n.alive else {},
+                        "IsHead": n.is_head, "MetricsExportPort": 0})
+        return out
+
+    def total(self) -> dict:
+        out: dict = {}
+        for n in self.nodes.values():
+            if n.alive:
+                for k, v in n.total.items():
+                    out[k] = out.get(k, 0.0) + v
+        return out
+
+    def available(self) -> dict:
+        self.nodes[self.node_id].available = self.st.resources.snapshot_available()
+        out: dict = {}
+        for n in self.nodes.values():
+            if n.alive:
+                for k, v in n.available.items():
+                    out[k] = out.get(k, 0.0) + v
+        return out
+
+
+def unknown_node(node_id) -> RaySystemError:
+    return RaySystemError(f"node {node_id} is not part of this cluster")

@@ -1,0 +1,45 @@
+"""The node's events and instructions: the vocabulary between the node's
+pure state (``_node_state``) and its server (``_node``).  Tuples tagged by
+these enums (sent as plain ints on the hot path)."""
+from __future__ import annotations
+
+import enum
+
+from . import _protocol as P
+
+__all__ = ["Ev", "Do", "E", "D"]
+
+
+class Ev(enum.IntEnum):
+    """Events, as tuples tagged by these (sent as plain ints)."""
+    START = 1          # (START, now): the server is up
+    MESSAGES = 2       # (MESSAGES, cid, [msg, ...]): frames from an authenticated client
+    CLOSED = 3         # (CLOSED, cid): the client's connection ended
+    SPAWNED = 4        # (SPAWNED, wid, pid): a worker process was started
+    WORKER_EXITED = 5  # (WORKER_EXITED, wid, description): reaped, with its exit status
+    TIMER = 6          # (TIMER, name, now): a timer armed by Do.TIMER fired
+    PREFAULT = 7       # (PREFAULT, reserved_upto): arena pages reserved so far
+    STOP = 8           # (STOP, why): a signal, or the driver that started the node died
+
+
+class Do(enum.IntEnum):
+    """Instructions, as tuples tagged by these (plain ints)."""
+    SEND = 1            # (SEND, cid, msg)
+    WELCOME = 2         # (WELCOME, cid, info): WELCOME frame + the arena's fd
+    CLOSE = 3           # (CLOSE, cid): close the connection (no CLOSED event follows)
+    SPAWN = 4           # (SPAWN, wid): start a worker process
+    KILL = 5            # (KILL, wid): SIGKILL the worker
+    POKE = 6            # (POKE, wid, cid): SIGUSR1 once its output is written (cancels)
+    TIMER = 7           # (TIMER, delay_s, name)
+    PAUSE_PREFAULT = 8  # (PAUSE_PREFAULT,): a large write starts
+    STOP = 9            # (STOP,): stop every worker and exit
+    LOG = 10            # (LOG, text): a line for the node's log (stderr)
+    READY = 11          # (READY,): the node serves (joined its cluster): tell who started it
+    CONNECT = 12        # (CONNECT, cid, address): open an authenticated link to a peer node
+    SEND_ARENA = 13     # (SEND_ARENA, cid, msg, offset, size): msg with the range's bytes
+                        #   in place of its data field (index 3)
+    WRITE_ARENA = 14    # (WRITE_ARENA, offset, data): copy received bytes into the arena
+
+
+E = P._as_ints(Ev)
+D = P._as_ints(Do)
