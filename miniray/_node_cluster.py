@@ -271,7 +271,7 @@ class ClusterState:
             n = alive[self.spread % len(alive)]
             return None if n.node_id == self.node_id else n.node_id
         if here is not None and _fits(shape, st.resources.total) and (
-                st.resources.fits_now(shape) or len(alive) == 1):
+                (st.resources.fits_now(shape) and not st.ready.count) or len(alive) == 1):
             return None
         # Busy or unable here: the node with the most room now, else here
         # (when it can ever run it), else the least loaded that can.
@@ -300,6 +300,11 @@ class ClusterState:
             sent.add(key)
         t.state = "remote"
         self.forwarded[t.tid] = node_id
+        # Count it against the node's free resources until its next status
+        # arrives, so a burst is spread rather than piled on one node.
+        avail = self.nodes[node_id].available
+        for k, v in t.shape:
+            avail[k] = avail.get(k, 0.0) - v
         st.send(c, (M.FORWARD, t.spec, owners, blob, st.serializers))
         return True
 

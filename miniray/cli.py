@@ -1,14 +1,20 @@
-"""``miniray start | stop | status``: a node that outlives its drivers.
+"""``miniray start | stop | status``: nodes that outlive their drivers.
 
-    miniray start --head [--num-cpus N] [--resources JSON] [--object-store-memory BYTES]
+    miniray start --head [--port 6379] [--node-ip-address IP] [resources]
+    miniray start --address HEAD_IP:PORT [--node-ip-address IP] [resources]
+        resources: [--num-cpus N] [--num-gpus N] [--resources JSON]
+                   [--object-store-memory BYTES]
     miniray status
     miniray stop
 
-``start`` runs a node daemon in the background, owned by no driver, and
-writes its address and token to the cluster file (see ``_cluster_file``);
-drivers join it with ``miniray.init(address="auto")``.  Detached actors live
-on it until ``miniray.kill`` or ``miniray stop``.  Its output (and that of
-its workers) goes to ``node.log`` in the cluster directory.
+``start`` runs this host's node in the background, owned by no driver, and
+returns once it serves (for a joining node: once the head accepted it).  The
+head generates the cluster token and keeps it in ``$MINIRAY_CLUSTER_DIR/token``
+(mode 0600); other hosts pass the same text in ``MINIRAY_AUTH_TOKEN`` or the
+file named by ``MINIRAY_AUTH_TOKEN_PATH``.  Nodes listen on loopback unless
+``--node-ip-address`` names an interface.  Drivers on a host attach to that
+host's node: ``miniray.init(address="auto")``.  Output of the node and its
+workers goes to ``node.log`` in the cluster directory.
 """
 from __future__ import annotations
 
@@ -27,13 +33,32 @@ def _cmd_start(args) -> int:
     from . import _runtime
     info = cf.read_cluster_info()
     if info is not None and _alive(info.get("pid")):
-        print(f"a miniray node is already running (pid {info['pid']}, address "
-              f"{info['address']}); stop it first with `miniray stop`", file=sys.stderr)
+        print(f"a miniray node is already running on this host (pid {info['pid']}, address "
+              f"{info.get('peer_address') or info['address']}); stop it first with "
+              f"`miniray stop`", file=sys.stderr)
         return 1
-    if not args.head:
-        print("only a head node can be started on this version: use `miniray start --head`",
+    if args.head == bool(args.address):
+        print("say either --head (start a cluster) or --address HEAD_IP:PORT (join one)",
               file=sys.stderr)
         return 2
+    ip = args.node_ip_address or "127.0.0.1"
+    if args.head:
+        text = os.environ.get("MINIRAY_AUTH_TOKEN") or cf.new_token_text()
+        token_file = cf.write_token_file(text.strip())
+        token = text.strip().encode()
+        cluster = {"is_head": True, "peer_listen": f"{ip}:{args.port}", "node_ip": ip}
+    else:
+        try:
+            token = cf.token_from_environment()
+        except (OSError, ValueError) as exc:
+            print(f"cannot read the cluster token: {exc}", file=sys.stderr)
+            return 2
+        if token is None:
+            print("joining a cluster needs its token: set MINIRAY_AUTH_TOKEN to the text of "
+                  "the head's token file, or MINIRAY_AUTH_TOKEN_PATH to a copy of it",
+                  file=sys.stderr)
+            return 2
+        cluster = {"head_address": args.address, "peer_listen": f"{ip}:0", "node_ip": ip}
     resources = json.loads(args.resources) if args.resources else None
     cpus = args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1)
     store = args.object_store_memory or _runtime._default_store_size()
@@ -45,7 +70,13 @@ def _cmd_start(args) -> int:
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         address, token, proc, session = _runtime.start_node(
-            cpus, resources, store, owner=False)
+            cpus, resources, int(store), num_gpus=args.num_gpus, owner=False,
+            cluster=cluster, token=token)
+    except Exception as exc:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        print(f"the node did not start: {exc}\n(see {log_path})", file=sys.stderr)
+        return 1
     finally:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
@@ -53,10 +84,21 @@ def _cmd_start(args) -> int:
         os.close(saved[1])
         log.close()
     cf.write_cluster_file({"address": address, "token": token.hex(), "pid": proc.pid,
-                           "session": session, "started": time.time(), "log": log_path})
-    print(f"started a miniray node (pid {proc.pid}) at {address}\n"
-          f"connect with miniray.init(address='auto'); stop with `miniray stop`; "
-          f"log: {log_path}")
+                           "session": session, "started": time.time(), "log": log_path,
+                           "peer_address": cluster.get("peer_address"),
+                           "head_address": cluster.get("head_address") or
+                           cluster.get("peer_address"),
+                           "node_id": cluster.get("node_id"), "head": bool(args.head)})
+    where = cluster.get("peer_address")
+    if args.head:
+        print(f"started the head node (pid {proc.pid}) at {where}\n"
+              f"join other hosts with:  MINIRAY_AUTH_TOKEN_PATH=<copy of {token_file}> "
+              f"miniray start --address {where} --node-ip-address <their ip>\n"
+              f"connect drivers on this host with miniray.init(address='auto'); stop with "
+              f"`miniray stop`; log: {log_path}")
+    else:
+        print(f"started a node (pid {proc.pid}) at {where}, joined the cluster at "
+              f"{args.address}; log: {log_path}")
     return 0
 
 
@@ -76,7 +118,7 @@ def _cmd_stop(args) -> int:
     info = cf.read_cluster_info()
     if info is None or not _alive(info.get("pid")):
         cf.remove_cluster_file()
-        print("no miniray node is running")
+        print("no miniray node is running on this host")
         return 0
     import signal
     pid = info["pid"]
@@ -93,6 +135,11 @@ def _cmd_stop(args) -> int:
     if _alive(pid):
         os.kill(pid, signal.SIGKILL)
     cf.remove_cluster_file()
+    if info.get("head"):
+        try:
+            os.unlink(cf.token_path())
+        except OSError:
+            pass
     print(f"stopped the miniray node (pid {pid})")
     return 0
 
@@ -100,24 +147,34 @@ def _cmd_stop(args) -> int:
 def _cmd_status(args) -> int:
     info = cf.read_cluster_info()
     if info is None or not _alive(info.get("pid")):
-        print("no miniray node is running")
+        print("no miniray node is running on this host")
         return 1
     from ._core import CoreClient
     from ._protocol import Q as Query
     client = CoreClient(info["address"], bytes.fromhex(info["token"]), "driver")
     try:
-        total = client.query(Query.CLUSTER_RESOURCES)
+        nodes = client.query(Query.NODES)
         avail = client.query(Query.AVAILABLE_RESOURCES)
+        total = client.query(Query.CLUSTER_RESOURCES)
         stats = client.query(Query.STATS)
         actors = client.query(Query.LIST_NAMED_ACTORS)
     finally:
         client.close()
-    print(f"node pid {info['pid']} at {info['address']}")
+    print(f"this host's node: pid {info['pid']} at {info.get('peer_address') or info['address']}")
+    print(f"cluster: {sum(1 for n in nodes if n['Alive'])} node(s) alive of {len(nodes)}")
+    for n in nodes:
+        state = "alive" if n["Alive"] else "DEAD"
+        res = ", ".join(f"{k}: {v:g}" for k, v in sorted(n["Resources"].items())
+                        if not k.startswith("node:"))
+        head = " (head)" if n.get("IsHead") else ""
+        print(f"  {n['NodeID'][:12]} {n['ObjectStoreSocketName'] or n['NodeManagerAddress']}"
+              f"{head} {state}  {res}")
     for k in sorted(total):
-        print(f"  {k}: {avail.get(k, 0):g} free of {total[k]:g}")
-    print(f"  workers: {stats['workers']} ({stats['idle']} idle), actors: {stats['actors']}, "
-          f"objects: {stats['objects']}, store: {stats['arena_used'] / 2**20:.1f} MiB used of "
-          f"{stats['arena_capacity'] / 2**20:.0f} MiB")
+        if not k.startswith("node:"):
+            print(f"  {k}: {avail.get(k, 0):g} free of {total[k]:g}")
+    print(f"  this node: workers: {stats['workers']} ({stats['idle']} idle), actors: "
+          f"{stats['actors']}, objects: {stats['objects']}, store: "
+          f"{stats['arena_used'] / 2**20:.1f} MiB used of {stats['arena_capacity'] / 2**20:.0f} MiB")
     if actors:
         print("  named actors: " + ", ".join(a["name"] for a in actors))
     return 0
@@ -128,9 +185,13 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     start = sub.add_parser("start", help="start a node in the background")
     start.add_argument("--head", action="store_true", help="start the head node")
+    start.add_argument("--address", help="join the cluster whose head is at HEAD_IP:PORT")
+    start.add_argument("--port", type=int, default=6379, help="the head's port (default 6379)")
+    start.add_argument("--node-ip-address", help="the interface to listen on (default loopback)")
     start.add_argument("--num-cpus", type=int)
+    start.add_argument("--num-gpus", type=int)
     start.add_argument("--resources", help='JSON, e.g. \'{"accel": 2}\'')
-    start.add_argument("--object-store-memory", type=int)
+    start.add_argument("--object-store-memory", type=float)
     sub.add_parser("stop", help="stop the node started by `miniray start`")
     sub.add_parser("status", help="show the running node's resources and load")
     args = parser.parse_args(argv)

@@ -180,7 +180,8 @@ def cluster(tmp_path):
             assert out.returncode == 0, out.stderr
         return out
 
-    cli("start", "--head", "--num-cpus", "2", "--object-store-memory", str(128 * 2**20))
+    cli("start", "--head", "--port", "0", "--num-cpus", "2",
+        "--object-store-memory", str(128 * 2**20))
     info = json.loads((tmp_path / "cluster.json").read_text())
     pids = {info["pid"]} | {p.pid for p in psutil.Process(info["pid"]).children(recursive=True)}
     yield cli, env, info

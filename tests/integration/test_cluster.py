@@ -1,0 +1,130 @@
+"""Several real node daemons on one machine (``cluster_utils.Cluster``):
+each with its own store and workers, joined over authenticated TCP."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import miniray
+from miniray.cluster_utils import Cluster
+from tests.conftest import assert_clean, wait_for, wait_gone
+
+
+@pytest.fixture
+def local_cluster():
+    made = []
+
+    def make(head_cpus=1, *nodes):
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus},
+                    shutdown_at_exit=False)
+        for args in nodes:
+            c.add_node(**args)
+        c.wait_for_nodes()
+        miniray.init(address=c.address)
+        made.append(c)
+        return c
+    yield make
+    pids = set()
+    for c in made:
+        for n in c.list_all_nodes():
+            try:
+                pids |= {n.process.pid} | {p.pid for p in
+                                           psutil.Process(n.process.pid).children(recursive=True)}
+            except psutil.Error:
+                pass
+    miniray.shutdown()
+    for c in made:
+        c.shutdown()
+    assert not wait_gone(pids, timeout=20)
+    assert_clean(set())
+
+
+@miniray.remote
+def node_id():
+    return miniray.get_runtime_context().get_node_id()
+
+
+@miniray.remote
+def node_and_sleep(seconds):
+    time.sleep(seconds)
+    return miniray.get_runtime_context().get_node_id()
+
+
+def arena_inode(pid):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if "miniray-arena" in target:
+            return os.stat(f"/proc/{pid}/fd/{fd}").st_ino
+    return None
+
+
+def test_nodes_and_resources_cover_the_cluster(local_cluster):
+    c = local_cluster(1, {"num_cpus": 2, "resources": {"B": 1}})
+    nodes = miniray.nodes()
+    assert len(nodes) == 2 and all(n["Alive"] for n in nodes)
+    assert {n["NodeID"] for n in nodes} == {c.head_node.node_id, c.worker_nodes[0].node_id}
+    assert miniray.cluster_resources()["CPU"] == 3.0
+    assert miniray.cluster_resources()["B"] == 1.0
+    assert wait_for(lambda: miniray.available_resources().get("CPU") == 3.0, timeout=5)
+    # Each node has a store of its own: no shared memory between nodes.
+    inodes = {arena_inode(n.process.pid) for n in c.list_all_nodes()}
+    assert len(inodes) == 2 and None not in inodes
+
+
+def test_task_runs_where_its_resource_is(local_cluster):
+    c = local_cluster(1, {"num_cpus": 1, "resources": {"B": 1}})
+    b = c.worker_nodes[0].node_id
+    assert miniray.get(node_id.options(resources={"B": 1}).remote(), timeout=30) == b
+    assert miniray.get(node_id.remote(), timeout=30) in (b, c.head_node.node_id)
+
+
+def test_busy_node_spills_tasks_to_a_node_with_room(local_cluster):
+    c = local_cluster(1, {"num_cpus": 1})
+    refs = [node_and_sleep.remote(1.0) for _ in range(2)]
+    assert set(miniray.get(refs, timeout=30)) == {n.node_id for n in c.list_all_nodes()}
+
+
+@miniray.remote
+def total(a):
+    return float(a.sum()), miniray.get_runtime_context().get_node_id()
+
+
+@miniray.remote
+def make_array(n):
+    return np.arange(n, dtype=np.int64)
+
+
+def test_objects_move_to_the_node_that_needs_them(local_cluster):
+    c = local_cluster(1, {"num_cpus": 1, "resources": {"B": 1}},
+                      {"num_cpus": 1, "resources": {"C": 1}})
+    b, cc = (n.node_id for n in c.worker_nodes)
+    arr = np.random.default_rng(0).random(2_000_000)       # 16 MB: through the stores
+    ref = miniray.put(arr)
+    s, where = miniray.get(total.options(resources={"B": 1}).remote(ref), timeout=30)
+    assert where == b and s == pytest.approx(float(arr.sum()))
+    made = make_array.options(resources={"B": 1}).remote(3_000_000)
+    s, where = miniray.get(total.options(resources={"C": 1}).remote(made), timeout=30)
+    assert where == cc and s == float(np.arange(3_000_000).sum())
+    back = miniray.get(made, timeout=30)
+    assert back.dtype == np.int64 and back[-1] == 2_999_999 and not back.flags.writeable
+    small = miniray.get(make_array.options(resources={"C": 1}).remote(10), timeout=30)
+    assert list(small) == list(range(10))
+
+
+def test_dead_node_is_listed_dead_within_seconds(local_cluster):
+    c = local_cluster(1, {"num_cpus": 1, "resources": {"B": 1}})
+    victim = c.worker_nodes[0]
+    t0 = time.monotonic()
+    c.remove_node(victim, allow_graceful=False)
+    assert wait_for(lambda: any(n["NodeID"] == victim.node_id and not n["Alive"]
+                                for n in miniray.nodes()), timeout=5)
+    assert time.monotonic() - t0 < 5
+    assert "B" not in miniray.cluster_resources()
+    assert miniray.get(node_id.remote(), timeout=30) == c.head_node.node_id
