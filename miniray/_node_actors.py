@@ -107,6 +107,12 @@ class ActorManager:
         aid = spec[S.ACTOR_ID]
         if aid in self.actors:
             raise ValueError(f"actor id {aid.hex()} is already in use")
+        cluster = st.cluster
+        if cluster.enabled and client.role != "node":
+            where = cluster.place_shape(spec[S.RESOURCES], spec[S.EXTRA])
+            if where not in (None, "infeasible"):
+                cluster.forward_actor(client, rid, spec, opts, where)
+                return
         a = Actor(aid, spec, opts, client)
         table = st.table
         t = st.tasks.create(spec, client, actor=a)
@@ -126,7 +132,9 @@ class ActorManager:
                 table.pin(oid)
         a.queue.append(t)
         st.tasks.start(t)
-        st.send(client, (M.REPLY, rid, True, (aid, a.meta, True)))
+        if rid is not None:
+            st.send(client, (M.REPLY, rid, True, (aid, a.meta, True)))
+        cluster.actor_created(aid, name, opts.get("namespace"), a.meta)
         why = st.resources.never_fits(a.shape)
         if why:
             self._die(a, ActorUnschedulableError(
@@ -200,11 +208,17 @@ class ActorManager:
         self.pump(a)
 
     # -- calls --------------------------------------------------------------------------
-    def on_call(self, client, msg) -> None:
+    def on_call(self, client, msg, origin=None) -> None:
         spec = msg[1]
         tasks = self.st.tasks
         a = self.actors.get(spec[S.ACTOR_ID])
+        if a is None and self.st.cluster.enabled and origin is None:
+            # Lives on another node (or is unknown here): the call goes there.
+            t = tasks.create(spec, client)
+            self.st.cluster.call_remote_actor(t)
+            return
         t = tasks.create(spec, client, actor=a)
+        t.origin = origin
         if a is None or a.state == "dead":
             tasks.fail(t, a.death if a is not None else ActorDiedError(
                 "the actor is unknown to this node (it died and was forgotten)"))
@@ -295,6 +309,20 @@ class ActorManager:
         if not a.queue and not a.inflight:
             self._exit_gracefully(a)
 
+    def owner_gone(self, client) -> None:
+        """The process that created these actors is gone: as in Ray, a
+        non-detached actor shares its owner's fate, whoever else holds a
+        handle to it."""
+        for a in list(self.actors.values()):
+            if a.creator is client and not a.detached and a.state != "dead":
+                w = a.worker
+                self._die(a, ActorDiedError(
+                    f"{a.describe()} died because its owner, the process that created it "
+                    f"(pid={client.pid}), exited. An actor lives as long as its owner unless "
+                    f"it is created with .options(lifetime='detached').", actor_id=a.aid))
+                if w is not None and w.client is not None:
+                    self.st.send(w.client, (M.EXIT, "actor's owner exited"))
+
     def _exit_gracefully(self, a: Actor) -> None:
         w = a.worker
         self._die(a, ActorDiedError(
@@ -307,7 +335,13 @@ class ActorManager:
         aid, no_restart = msg[1], msg[2]
         reason = msg[3] if len(msg) > 3 else None
         a = self.actors.get(aid)
-        if a is None or a.state == "dead":
+        if a is None:
+            node_id = self.st.cluster.actor_nodes.get(aid)
+            link = self.st.cluster.link(node_id) if node_id else None
+            if link is not None:
+                self.st.send(link, msg)       # it lives there
+            return
+        if a.state == "dead":
             return
         if no_restart or a.restarts_left == 0:
             a.restarts_left = 0

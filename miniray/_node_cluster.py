@@ -79,6 +79,11 @@ class ClusterState:
         self.spread = 0
         self.forwarded: dict = {}         # tid -> node_id it runs on
         self.code_sent: dict = {}         # node_id -> function keys it has from us
+        self.actor_nodes: dict = {}       # actor id -> node id, for actors elsewhere
+        self.calls_waiting: dict = {}     # actor id -> tasks waiting to learn where it is
+        self.directory: dict = {}         # (head) actor id -> (node id, name, namespace, meta)
+        self.asked: dict = {}             # our request id -> (client, their request id)
+        self.next_rid = 1
 
     @property
     def enabled(self) -> bool:
@@ -283,6 +288,122 @@ class ClusterState:
         return min((n for n in alive if n.node_id != self.node_id),
                    key=lambda n: n.queued).node_id
 
+    def place_shape(self, shape, extra) -> str | None:
+        """Where an actor of ``shape`` goes (as ``place`` for a task)."""
+        class _T:      # the fields ``place`` reads
+            pass
+        t = _T()
+        t.shape = shape
+        t.spec = (None,) * S.EXTRA + (extra,)
+        return self.place(t)
+
+    # -- actors on other nodes ---------------------------------------------------------------------
+    def forward_actor(self, client, rid, spec, opts, node_id) -> None:
+        """Create the actor on ``node_id``; here its handles are counted (the
+        id's entry, leased to that node: DECREF there when they all go)."""
+        st = self.st
+        aid = spec[S.ACTOR_ID]
+        c = self.link(node_id)
+        table = st.table
+        e = table.hold(client.held, aid)
+        e.kind = P.K.ACTOR_HANDLE
+        e.state = READY
+        e.location = node_id
+        self.actor_nodes[aid] = node_id
+        owners = {oid: self.owner_of(oid) for oid in st.tasks._pinned(spec)}
+        key = spec[S.FN_KEY]
+        sent = self.code_sent.setdefault(node_id, set())
+        blob = None
+        if key not in sent:
+            blob = st.functions.get(key)
+            sent.add(key)
+        st.send(c, (M.FORWARD_ACTOR, spec, opts, owners, blob, st.serializers))
+        st.send(client, (M.REPLY, rid, True, (aid, opts.get("meta"), True)))
+
+    def on_forward_actor(self, client, msg) -> None:
+        _, spec, opts, owners, blob, serializers = msg
+        st = self.st
+        if blob is not None:
+            st.functions[spec[S.FN_KEY]] = blob
+        if serializers is not None and serializers != st.serializers:
+            st.on_serializers(client, (M.SERIALIZERS, serializers))
+        self._learn_owners(owners)
+        st.actors.on_create(client, (M.ACTOR_CREATE, None, spec, opts))
+
+    def actor_created(self, aid, name, namespace, meta) -> None:
+        """Tell the head where an actor lives (and its name), so handles
+        and get_actor work from every node."""
+        if not self.enabled:
+            return
+        row = (aid, self.node_id, name, namespace, meta)
+        if self.is_head:
+            self.on_actor_at(None, (M.ACTOR_AT, row))
+        elif self.head is not None:
+            self.st.send(self.head, (M.ACTOR_AT, row))
+
+    def on_actor_at(self, client, msg) -> None:
+        aid, node_id, name, namespace, meta = msg[1]
+        if self.is_head:
+            self.directory[aid] = (node_id, name, namespace, meta)
+        if node_id is not None and node_id != self.node_id:
+            self.actor_nodes[aid] = node_id
+        waiting = self.calls_waiting.pop(aid, ())
+        for t in waiting:
+            self.call_remote_actor(t)
+
+    def call_remote_actor(self, t) -> None:
+        st = self.st
+        aid = t.spec[S.ACTOR_ID]
+        node_id = self.actor_nodes.get(aid)
+        if node_id is None:
+            if self.is_head:
+                st.tasks.fail(t, _unknown_actor(aid))
+                return
+            first = aid not in self.calls_waiting
+            self.calls_waiting.setdefault(aid, []).append(t)
+            if first and self.head is not None:
+                st.send(self.head, (M.WHERE_ACTOR, aid))
+            return
+        n = self.nodes.get(node_id)
+        if n is None or not n.alive or not self.forward(t, node_id):
+            from .exceptions import ActorDiedError
+            st.tasks.fail(t, ActorDiedError(
+                f"the actor {aid.hex()} lived on node {node_id}, which died; calls to it "
+                f"cannot run", actor_id=aid))
+
+    def on_where_actor(self, client, msg) -> None:
+        aid = msg[1]
+        row = self.directory.get(aid)
+        if row is None:
+            a = self.st.actors.actors.get(aid)
+            row = (self.node_id, None, None, None) if a is not None else (None, None, None, None)
+        self.st.send(client, (M.ACTOR_AT, (aid,) + tuple(row)))
+
+    def ask_head(self, client, rid, what, arg) -> bool:
+        """Pass a query this node cannot answer to the head; its REPLY goes
+        back to ``client``.  False when this node is the head (or alone)."""
+        if self.is_head or self.head is None:
+            return False
+        mine = self.next_rid
+        self.next_rid += 1
+        self.asked[mine] = (client, rid)
+        self.st.send(self.head, (M.QUERY, mine, what, arg))
+        return True
+
+    def on_reply(self, client, msg) -> None:
+        asked = self.asked.pop(msg[1], None)
+        if asked is not None and not asked[0].closed:
+            self.st.send(asked[0], (M.REPLY, asked[1]) + tuple(msg[2:]))
+
+    def named_actor(self, name, namespace):
+        """(aid, meta) of a named actor anywhere in the cluster (head only)."""
+        for aid, (node_id, n, ns, meta) in self.directory.items():
+            if n == name and ns == namespace:
+                info = self.nodes.get(node_id)
+                if info is not None and info.alive:
+                    return aid, meta
+        return None
+
     # -- forwarding ------------------------------------------------------------------------------
     def forward(self, t, node_id) -> bool:
         c = self.link(node_id)
@@ -321,11 +442,10 @@ class ClusterState:
             st.functions[spec[S.FN_KEY]] = blob
         if serializers is not None and serializers != st.serializers:
             st.on_serializers(client, (M.SERIALIZERS, serializers))
-        table = st.table
-        for oid, owner in owners.items():
-            e = table.get_or_create(oid)
-            if owner != self.node_id and e.owner is None and e.state != READY:
-                e.owner = owner
+        self._learn_owners(owners)
+        if spec[S.ACTOR_ID] is not None:
+            st.actors.on_call(client, (M.ACTOR_CALL, spec), origin=client)
+            return
         t = st.tasks.create(spec, client)
         t.origin = client
         st.tasks.start(t)
@@ -521,6 +641,12 @@ class ClusterState:
                 for k, v in n.available.items():
                     out[k] = out.get(k, 0.0) + v
         return out
+
+
+def _unknown_actor(aid):
+    from .exceptions import ActorDiedError
+    return ActorDiedError(f"the actor {aid.hex()} is unknown to the cluster (it died and was "
+                          f"forgotten, or its id is wrong)", actor_id=aid)
 
 
 def unknown_node(node_id) -> RaySystemError:

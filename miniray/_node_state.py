@@ -599,6 +599,8 @@ class NodeState:
         try:
             result = self._query(what, arg)
         except Exception as exc:
+            if what == P.Q.GET_ACTOR and self.cluster.ask_head(client, rid, what, arg):
+                return          # maybe on another node: the head knows
             self.send(client, (M.REPLY, rid, False, exc))
             return
         self.send(client, (M.REPLY, rid, True, result))
@@ -631,6 +633,10 @@ class NodeState:
                 return None
             return {"state": e.state, "holders": e.holders, "pins": e.pins, "size": e.size,
                     "inline": e.inline is not None}
+        if what == Q.GET_ACTOR and cluster.enabled and cluster.is_head:
+            found = cluster.named_actor(*arg)
+            if found is not None:
+                return found
         return self.actors.query(what, arg)
 
     # -- frames that cannot be decoded or handled ---------------------------------------------------
@@ -687,7 +693,9 @@ class NodeState:
                 # links between nodes
                 M.PEER_WELCOME: c.on_peer_welcome, M.NODE_STATUS: c.on_status,
                 M.CLUSTER_VIEW: c.on_view, M.FORWARD: c.on_forward, M.RESULTS: c.on_results,
-                M.PULL: c.on_pull, M.OBJECT: c.on_object, M.OBJECT_LOST: c.on_object_lost}
+                M.PULL: c.on_pull, M.OBJECT: c.on_object, M.OBJECT_LOST: c.on_object_lost,
+                M.FORWARD_ACTOR: c.on_forward_actor, M.ACTOR_AT: c.on_actor_at,
+                M.WHERE_ACTOR: c.on_where_actor, M.REPLY: c.on_reply}
 
 
 # Requests whose second field is the request id their REPLY answers.

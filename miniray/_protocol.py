@@ -60,6 +60,10 @@ node <-> node (peer links; see ``_node_cluster``)
   OBJECT        oid, kind, data, {contained oid: owner}
   OBJECT_LOST   oid, why
   REFS          [(DECREF, oid)]                   a lease given back
+  FORWARD_ACTOR spec, opts, {oid: owner}, fn_blob | None, serializers | None
+  ACTOR_AT      (aid, node id | None, name, namespace, meta)   (to/from the head)
+  WHERE_ACTOR   aid                               -> ACTOR_AT (asked of the head)
+  QUERY / REPLY as for clients                    (a node passes get_actor to the head)
 """
 from __future__ import annotations
 
@@ -116,6 +120,9 @@ class Msg(enum.IntEnum):
     OBJECT = 36
     OBJECT_LOST = 37
     WARNING = 38
+    FORWARD_ACTOR = 39
+    ACTOR_AT = 40
+    WHERE_ACTOR = 41
 
 
 class RefOp(enum.IntEnum):

@@ -128,3 +128,56 @@ def test_dead_node_is_listed_dead_within_seconds(local_cluster):
     assert time.monotonic() - t0 < 5
     assert "B" not in miniray.cluster_resources()
     assert miniray.get(node_id.remote(), timeout=30) == c.head_node.node_id
+
+
+@miniray.remote
+class Where:
+    def __init__(self):
+        self.calls = 0
+
+    def node(self):
+        self.calls += 1
+        return miniray.get_runtime_context().get_node_id(), self.calls
+
+
+@miniray.remote
+def call_actor(handle):
+    return miniray.get(handle.node.remote())
+
+
+def test_actors_live_where_their_resources_are(local_cluster):
+    c = local_cluster(1, {"num_cpus": 1, "resources": {"B": 1}},
+                      {"num_cpus": 1, "resources": {"C": 1}})
+    b, cc = (n.node_id for n in c.worker_nodes)
+    a = Where.options(resources={"B": 1}).remote()
+    assert miniray.get([a.node.remote() for _ in range(3)], timeout=30) == [
+        (b, 1), (b, 2), (b, 3)]
+    # A handle works from a task on a third node.
+    assert miniray.get(call_actor.options(resources={"C": 1}).remote(a), timeout=30) == (b, 4)
+    miniray.kill(a)
+    with pytest.raises(miniray.exceptions.RayActorError):
+        miniray.get(a.node.remote(), timeout=30)
+
+
+def test_named_actor_found_from_another_node(local_cluster):
+    c = local_cluster(1, {"num_cpus": 1, "resources": {"B": 1}},
+                      {"num_cpus": 1, "resources": {"C": 1}})
+    b = c.worker_nodes[0].node_id
+    keep = Where.options(name="far", resources={"B": 1}).remote()
+    miniray.get(keep.node.remote(), timeout=30)
+
+    @miniray.remote(resources={"C": 1})
+    def find():
+        h = miniray.get_actor("far")
+        return miniray.get(h.node.remote())[0]
+    assert miniray.get(find.remote(), timeout=30) == b
+
+
+def test_actor_ends_on_its_node_when_its_handles_go(local_cluster):
+    import gc
+    c = local_cluster(1, {"num_cpus": 1, "resources": {"B": 1}})
+    a = Where.options(num_cpus=1, resources={"B": 1}).remote()
+    miniray.get(a.node.remote(), timeout=30)
+    del a
+    gc.collect()
+    assert wait_for(lambda: miniray.available_resources().get("B") == 1.0, timeout=10)
