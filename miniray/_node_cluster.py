@@ -244,11 +244,16 @@ class ClusterState:
                 if t is not None:
                     st.tasks.remote_node_died(t, node_id, why)
         for e in list(st.table.entries.values()):
-            if e.location == node_id and e.state != READY:
+            if e.state != READY and (e.location == node_id or (
+                    e.owner == node_id and e.task is None)):
                 e.location = None
                 st.tasks.object_lost(e, ObjectLostError(
                     f"object {e.oid.hex()} was lost: its only copy was on node {node_id}, "
-                    f"which died ({why})"))
+                    f"which died ({why}). A put object cannot be rebuilt; a task's result "
+                    f"is not rebuilt by re-running the task yet (lineage)."))
+        for aid, where in list(self.actor_nodes.items()):
+            if where == node_id:
+                del self.actor_nodes[aid]
 
     # -- placement ---------------------------------------------------------------------------
     def place(self, t) -> str | None:
