@@ -39,6 +39,7 @@ a custom serializer, use a fresh pickler).  Top-level atoms skip the pickler.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import os
 import pickle
@@ -637,7 +638,12 @@ def _parallel_copy(mv, big, prepare=None):
             np.copyto(d, c)
 
     futures = [pool.submit(run, chunks) for chunks in per_thread[1:] if chunks]
-    run(per_thread[0])
+    try:
+        run(per_thread[0])
+    finally:
+        # Every thread is done with the range before anyone may give it
+        # back (ABORT_ALLOC after a failed or interrupted write).
+        concurrent.futures.wait(futures)
     for f in futures:
         f.result()
 

@@ -125,8 +125,8 @@ def connect_peer(address: str, token: bytes, *, timeout: float = 5.0) -> socket.
 def connect_client(address: str, token: bytes, hello: tuple, *, timeout: float = 10.0):
     """Connect, authenticate, send HELLO and read WELCOME.
 
-    Returns (socket, welcome_info, fds, leftover_bytes).  The socket is left
-    blocking with no timeout.
+    Returns (socket, welcome_info, fds, messages after the welcome, frame
+    reader).  The socket is left blocking with no timeout.
     """
     family, sockaddr = parse_address(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
