@@ -325,6 +325,52 @@ def bench_nested(ray, quick=False):
         return {"nested_cold_s": times[0], "nested_warm_s": median(times[1:])}
 
 
+# ------------------------------------------------------------ two nodes ----
+
+def bench_cluster(ray, quick=False):
+    """Two nodes on this machine (each runtime's own Cluster utility): tasks
+    pinned to the second node by a custom resource, sync and async, and a
+    256 MiB array put on the head and summed by a task on the second node."""
+    import importlib
+    cluster_utils = importlib.import_module(ray.__name__ + ".cluster_utils")
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "object_store_memory": 768 * 2**20})
+    cluster.add_node(num_cpus=1, resources={"far": 1}, object_store_memory=768 * 2**20)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        @ray.remote(resources={"far": 0.001})
+        def one():
+            return 1
+
+        @ray.remote(resources={"far": 0.001})
+        def total(a):
+            return float(a[::4096].sum())
+
+        warmup(lambda: ray.get(one.remote()), seconds=1.0)
+        n_sync, n_async = (300, 2000) if quick else (1000, 5000)
+        t0 = now()
+        for _ in range(n_sync):
+            ray.get(one.remote())
+        t1 = now()
+        assert sum(ray.get([one.remote() for _ in range(n_async)])) == n_async
+        t2 = now()
+        arr = np.ones(256 * 2**20 // 8)
+        times = []
+        for _ in range(2 if quick else 3):
+            ref = ray.put(arr)
+            t3 = now()
+            assert ray.get(total.remote(ref)) == float(arr[::4096].sum())
+            times.append(now() - t3)
+            del ref
+        return {"cross_node_sync_per_s": n_sync / (t1 - t0),
+                "cross_node_async_per_s": n_async / (t2 - t1),
+                "cross_node_256mib_s": median(times)}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
 BENCHES = {
     "init": bench_init,
     "memory": bench_memory,
@@ -335,4 +381,5 @@ BENCHES = {
     "actors": bench_actors,
     "arg200": bench_arg200,
     "nested": bench_nested,
+    "cluster": bench_cluster,
 }

@@ -38,6 +38,7 @@ BENCHES = {
     "actors": ("miniray", "ray"),
     "arg200": ("miniray", "ray", "mp"),
     "nested": ("miniray", "ray"),
+    "cluster": ("miniray", "ray"),
     "limits": ("limits",),
 }
 
@@ -105,6 +106,10 @@ METRICS = {
     # nested
     "nested_warm_s": _m("nested", "nested tasks 10 outer x 10 inner (warm)", "s", "lower", 3, ">= 3x Ray"),
     "nested_cold_s": _m("nested", "nested tasks 10x10, first run", "s", "lower"),
+    # two nodes on one machine
+    "cross_node_sync_per_s": _m("cluster", "tasks on another node, sync", "tasks/s", "higher", 3, ">= 3x Ray"),
+    "cross_node_async_per_s": _m("cluster", "tasks on another node, async", "tasks/s", "higher", 3, ">= 3x Ray"),
+    "cross_node_256mib_s": _m("cluster", "256 MiB put on head, read by a task on node 2", "s", "lower"),
     # physical limits
     "memcpy_prefaulted_1t_gbps": _m("limits", "memcpy 1 GiB into pre-faulted /dev/shm, 1 thread", "GB/s", "higher"),
     "memcpy_prefaulted_2t_gbps": _m("limits", "memcpy 1 GiB into pre-faulted /dev/shm, 2 threads", "GB/s", "higher"),
