@@ -34,6 +34,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 
 from . import _protocol as P
 from ._node_events import E, D
@@ -60,14 +61,19 @@ class Conn:
     """One client connection: socket, framing and the output buffer."""
 
     __slots__ = ("sock", "cid", "server", "reader", "out", "authed", "nonce", "closed",
-                 "want_write", "dialing")
+                 "want_write", "dialing", "queue", "raw", "expect")
 
     def __init__(self, sock, server, cid):
         self.sock = sock
         self.cid = cid        # never reused, unlike the fd: events may trail a close
         self.server = server
-        self.reader = P.FrameReader(P.decode_untrusted)
+        self.reader = P.FrameReader(P.decode_untrusted, raw_tag=M.DATA)
         self.out = bytearray()
+        # Object bytes stream from the arena without a copy: frames before
+        # them wait in ``queue`` with them, in order (see send_raw, _write).
+        self.queue = deque()
+        self.raw = None         # [destination view | None, received, size, oid]
+        self.expect = {}        # oid -> arena view its DATA goes into
         self.authed = False
         self.nonce = os.urandom(NONCE_LEN)
         self.closed = False
@@ -79,10 +85,20 @@ class Conn:
             return
         body = P._dumps(msg, 5)
         out = self.out
-        if not out:
+        if not out and not self.queue:
             self.server.dirty.append(self)
         out += P._pack_len(len(body))
         out += body
+
+    def send_raw(self, msg, data) -> None:
+        """``msg`` (a DATA header), then ``data`` as is (an arena view)."""
+        self.send(msg)
+        self.queue.append(self.out)
+        self.queue.append(data)
+        self.out = bytearray()
+
+    def pending(self) -> bool:
+        return bool(self.queue or self.out)
 
 
 class Proc:
@@ -156,7 +172,8 @@ class NodeServer:
                     D.TIMER: self._arm_timer, D.PAUSE_PREFAULT: self._pause_prefault,
                     D.STOP: self._stop, D.LOG: lambda ins: log(ins[1]),
                     D.READY: self._ready, D.CONNECT: self._connect,
-                    D.SEND_ARENA: self._send_arena, D.WRITE_ARENA: self._write_arena}
+                    D.SEND_ARENA: self._send_arena, D.WRITE_ARENA: self._write_arena,
+                    D.EXPECT_RAW: self._expect_raw}
         owner = config.get("owner_pid")
         if owner:
             try:
@@ -217,23 +234,40 @@ class NodeServer:
         dirty = self.dirty
         self.dirty = []
         for conn in dirty:
-            if conn.closed or not conn.out:
+            if conn.closed or not conn.pending():
                 continue
             if conn.dialing is not None and conn.dialing[2] is None:
                 continue            # our proof must go first: sent by _dial_step
-            try:
-                sent = conn.sock.send(conn.out)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._close(conn)
+            if not self._write(conn):
                 continue
-            if sent:
-                del conn.out[:sent]
-            if conn.out and not conn.want_write:
+            if conn.pending() and not conn.want_write:
                 conn.want_write = True
                 self.sel.modify(conn.sock, EVENT_READ | EVENT_WRITE,
                                 lambda m, c=conn: self._on_conn(c, m))
+
+    def _write(self, conn) -> bool:
+        """Send what the socket takes: queued items (frames, then object
+        bytes straight from the arena) in order, then the frames after
+        them.  False if the connection broke (it is closed)."""
+        sock = conn.sock
+        q = conn.queue
+        try:
+            while q:
+                item = q[0]
+                sent = sock.send(item)
+                if sent < len(item):
+                    q[0] = memoryview(item)[sent:]
+                    return True
+                q.popleft()
+            if conn.out:
+                sent = sock.send(conn.out)
+                del conn.out[:sent]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._close(conn)
+            return False
+        return True
 
     def _accept(self, listener) -> None:
         while True:
@@ -255,18 +289,15 @@ class NodeServer:
 
     def _on_conn(self, conn: Conn, mask) -> None:
         if mask & EVENT_WRITE:
-            try:
-                sent = conn.sock.send(conn.out)
-                del conn.out[:sent]
-            except BlockingIOError:
-                pass
-            except OSError:
-                self._close(conn)
+            if not self._write(conn):
                 return
-            if not conn.out:
+            if not conn.pending():
                 conn.want_write = False
                 self.sel.modify(conn.sock, EVENT_READ, lambda m, c=conn: self._on_conn(c, m))
         if not mask & EVENT_READ:
+            return
+        if conn.raw is not None:
+            self._recv_raw(conn)
             return
         reader = conn.reader
         try:
@@ -298,7 +329,60 @@ class NodeServer:
             self._close(conn)
             return
         if msgs:
-            self.events.append((E.MESSAGES, conn.cid, msgs))
+            if msgs[-1][0] == M.DATA:
+                self._start_raw(conn, msgs)
+            else:
+                self.events.append((E.MESSAGES, conn.cid, msgs))
+
+    def _start_raw(self, conn, msgs) -> None:
+        """A DATA header: its object's bytes follow, to be read straight
+        into the range the state set aside for them (EXPECT_RAW)."""
+        while msgs and msgs[-1][0] == M.DATA:
+            header = msgs.pop()
+            if msgs:
+                self.events.append((E.MESSAGES, conn.cid, msgs))
+            _, oid, size = header[:3]
+            dest = conn.expect.pop(oid, None)
+            conn.raw = [dest, 0, size, oid]
+            self._raw_bytes(conn, conn.reader.take_buffered(size))
+            if conn.raw is not None:
+                return              # the rest comes with later reads
+            msgs = conn.reader.feed(b"")     # frames that followed the bytes
+
+    def _raw_bytes(self, conn, data) -> None:
+        dest, got, size, oid = conn.raw
+        if data:
+            if dest is not None:
+                dest[got:got + len(data)] = data
+            got += len(data)
+            conn.raw[1] = got
+        if got >= size:
+            conn.raw = None
+            self.events.append((E.MESSAGES, conn.cid, [(M.DATA_DONE, oid, dest is not None)]))
+
+    def _recv_raw(self, conn) -> None:
+        dest, got, size, oid = conn.raw
+        try:
+            if dest is not None:
+                n = conn.sock.recv_into(dest[got:], size - got)
+            else:           # nobody wanted it any more: read and drop
+                n = conn.sock.recv_into(conn.reader._scratch, min(size - got, P.RECV_SIZE))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = 0
+        if not n:
+            self._close(conn)
+            return
+        conn.raw[1] = got + n
+        if got + n >= size:
+            self._raw_bytes(conn, b"")
+            msgs = conn.reader.feed(b"")
+            if msgs:
+                if msgs[-1][0] == M.DATA:
+                    self._start_raw(conn, msgs)
+                else:
+                    self.events.append((E.MESSAGES, conn.cid, msgs))
 
     def _authenticate(self, conn: Conn, data: bytes):
         """The client's nonce and proof; then our proof goes first on its
@@ -517,11 +601,18 @@ class NodeServer:
         return self._arena_map
 
     def _send_arena(self, ins) -> None:
+        """A DATA header, then the range's bytes from the arena as they are
+        (no copy in this process: the kernel reads the shared pages)."""
         _, cid, msg, offset, size = ins
         conn = self.conns.get(cid)
         if conn is not None:
-            data = self._arena()[offset:offset + size]
-            conn.send(msg[:3] + (data,) + msg[4:])
+            conn.send_raw(msg, memoryview(self._arena())[offset:offset + size])
+
+    def _expect_raw(self, ins) -> None:
+        _, cid, oid, offset, size = ins
+        conn = self.conns.get(cid)
+        if conn is not None:
+            conn.expect[oid] = memoryview(self._arena())[offset:offset + size]
 
     def _write_arena(self, ins) -> None:
         _, offset, data = ins

@@ -83,6 +83,7 @@ class ClusterState:
         self.calls_waiting: dict = {}     # actor id -> tasks waiting to learn where it is
         self.directory: dict = {}         # (head) actor id -> (node id, name, namespace, meta)
         self.asked: dict = {}             # our request id -> (client, their request id)
+        self.incoming: dict = {}          # oid -> (kind, contained) while its bytes stream in
         self.next_rid = 1
 
     @property
@@ -552,13 +553,62 @@ class ClusterState:
             self.ensure(e)
 
     def serve(self, client, e) -> None:
+        """Small objects travel in one message; large ones are announced
+        (OBJECT_META), the puller makes room and asks (SEND_DATA), and the
+        bytes stream from our arena into its arena (DATA)."""
         st = self.st
         owners = self._owners(e.contained)
         if e.inline is not None:
             st.send(client, (M.OBJECT, e.oid, e.kind, e.inline, owners))
         else:
-            st.out.append((D.SEND_ARENA, client.cid, (M.OBJECT, e.oid, e.kind, None, owners),
-                           e.offset, e.size))
+            st.send(client, (M.OBJECT_META, e.oid, e.kind, e.size, owners))
+
+    def on_send_data(self, client, msg) -> None:
+        oid = msg[1]
+        st = self.st
+        e = st.table.entries.get(oid)
+        if e is None or e.state != READY or e.inline is not None:
+            st.send(client, (M.OBJECT_LOST, oid, f"node {self.node_id} no longer has it"))
+            return
+        st.out.append((D.SEND_ARENA, client.cid, (M.DATA, oid, e.size), e.offset, e.size))
+
+    def on_object_meta(self, client, msg) -> None:
+        _, oid, kind, size, owners = msg
+        st = self.st
+        table = st.table
+        e = table.entries.get(oid)
+        self._learn_owners(owners)
+        if e is None or e.state == READY:
+            st.send(client, (M.REFS, [(P.R.DECREF, oid)]))
+            return
+        try:
+            table.allocate(oid, size, client)
+        except Exception as exc:
+            st.send(client, (M.REFS, [(P.R.DECREF, oid)]))
+            st.tasks.object_lost(e, type(exc)(f"could not bring object {oid.hex()} to node "
+                                              f"{self.node_id}: {exc}"))
+            return
+        client.unsealed.add(oid)
+        self.incoming[oid] = (kind, tuple(owners))
+        st.out.append((D.EXPECT_RAW, client.cid, oid, e.offset, size))
+        st.send(client, (M.SEND_DATA, oid))
+
+    def on_data_done(self, client, msg) -> None:
+        _, oid, wanted = msg
+        st = self.st
+        table = st.table
+        kind, contained = self.incoming.pop(oid, (None, ()))
+        client.unsealed.discard(oid)
+        e = table.entries.get(oid)
+        if kind is None or e is None or not wanted or e.writer is not client:
+            return
+        e.pulling = False
+        e.location = None
+        if e.remote_leases is None:
+            e.remote_leases = []
+        e.remote_leases.append(client.peer)
+        st.notify(e, table.seal(e, kind, None, contained))
+        table.release(e)
 
     def sealed(self, e) -> None:
         """``e`` became READY here: peers waiting for it get it."""

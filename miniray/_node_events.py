@@ -36,9 +36,11 @@ class Do(enum.IntEnum):
     LOG = 10            # (LOG, text): a line for the node's log (stderr)
     READY = 11          # (READY,): the node serves (joined its cluster): tell who started it
     CONNECT = 12        # (CONNECT, cid, address): open an authenticated link to a peer node
-    SEND_ARENA = 13     # (SEND_ARENA, cid, msg, offset, size): msg with the range's bytes
-                        #   in place of its data field (index 3)
+    SEND_ARENA = 13     # (SEND_ARENA, cid, header, offset, size): the DATA header, then
+                        #   the range's bytes as they are
     WRITE_ARENA = 14    # (WRITE_ARENA, offset, data): copy received bytes into the arena
+    EXPECT_RAW = 15     # (EXPECT_RAW, cid, oid, offset, size): that link's DATA for oid
+                        #   goes straight into this arena range (then DATA_DONE)
 
 
 E = P._as_ints(Ev)

@@ -695,7 +695,9 @@ class NodeState:
                 M.CLUSTER_VIEW: c.on_view, M.FORWARD: c.on_forward, M.RESULTS: c.on_results,
                 M.PULL: c.on_pull, M.OBJECT: c.on_object, M.OBJECT_LOST: c.on_object_lost,
                 M.FORWARD_ACTOR: c.on_forward_actor, M.ACTOR_AT: c.on_actor_at,
-                M.WHERE_ACTOR: c.on_where_actor, M.REPLY: c.on_reply}
+                M.WHERE_ACTOR: c.on_where_actor, M.REPLY: c.on_reply,
+                M.OBJECT_META: c.on_object_meta, M.SEND_DATA: c.on_send_data,
+                M.DATA_DONE: c.on_data_done}
 
 
 # Requests whose second field is the request id their REPLY answers.

@@ -64,6 +64,11 @@ node <-> node (peer links; see ``_node_cluster``)
   ACTOR_AT      (aid, node id | None, name, namespace, meta)   (to/from the head)
   WHERE_ACTOR   aid                               -> ACTOR_AT (asked of the head)
   QUERY / REPLY as for clients                    (a node passes get_actor to the head)
+  OBJECT_META   oid, kind, size, {contained: owner}   a large object's answer to PULL
+  SEND_DATA     oid                               the puller made room: stream it
+  DATA          oid, size                         followed by ``size`` raw bytes (not a
+                                                  pickle): read straight into the store
+  DATA_DONE     oid                               (made by the receiving server) all in
 """
 from __future__ import annotations
 
@@ -123,6 +128,10 @@ class Msg(enum.IntEnum):
     FORWARD_ACTOR = 39
     ACTOR_AT = 40
     WHERE_ACTOR = 41
+    OBJECT_META = 42
+    SEND_DATA = 43
+    DATA = 44
+    DATA_DONE = 45
 
 
 class RefOp(enum.IntEnum):
@@ -228,12 +237,16 @@ class FrameReader:
     threshold that is an mmap + munmap (and page faults) per message.
     """
 
-    __slots__ = ("_buf", "_scratch", "_view", "ready", "_loads")
+    __slots__ = ("_buf", "_scratch", "_view", "ready", "_loads", "raw_tag")
 
-    def __init__(self, loads=None):
+    def __init__(self, loads=None, raw_tag=None):
         """``loads``: how a frame's body becomes a message (``pickle.loads``
-        in drivers and workers; ``decode_untrusted`` in daemons)."""
+        in drivers and workers; ``decode_untrusted`` in daemons).
+        ``raw_tag``: parsing stops after a message with this tag (its raw
+        payload follows in the stream, for the reader to take; see
+        ``take_buffered``)."""
         self._loads = loads or _loads
+        self.raw_tag = raw_tag
         self._buf = bytearray()
         self._scratch = bytearray(RECV_SIZE)
         self._view = memoryview(self._scratch)
@@ -287,8 +300,11 @@ class FrameReader:
                 end = pos + 4 + length
                 if end > end_all:
                     break
-                self.ready.append(loads(mv[pos + 4:end]))
+                msg = loads(mv[pos + 4:end])
+                self.ready.append(msg)
                 pos = end
+                if self.raw_tag is not None and msg[0] == self.raw_tag:
+                    break       # raw bytes follow: not frames
         finally:
             mv.release()
             if pos:
@@ -296,3 +312,10 @@ class FrameReader:
 
     def pending_bytes(self) -> int:
         return len(self._buf)
+
+    def take_buffered(self, n: int) -> bytes:
+        """Up to ``n`` bytes already received past the last parsed frame (the
+        start of a raw payload)."""
+        data = bytes(self._buf[:n])
+        del self._buf[:len(data)]
+        return data
