@@ -10,6 +10,7 @@
     ray.get(f.remote(21))   # 42
 """
 from . import exceptions
+from . import job_config
 from ._ids import ObjectRef
 from .actor import ActorClass, ActorHandle
 from .api import (RuntimeContext, available_resources, cancel, cluster_resources, get,
@@ -20,9 +21,13 @@ from . import util
 
 __version__ = "0.1.0"
 
+# Ray's older name for ObjectRef, still used by programs.
+ObjectID = ObjectRef
+
 __all__ = [
-    "ActorClass", "ActorHandle", "ObjectRef", "RuntimeContext", "available_resources",
-    "cancel", "cluster_resources", "exceptions", "get", "get_actor", "get_gpu_ids",
-    "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes", "put",
-    "register_custom_serializer", "remote", "shutdown", "util", "wait", "__version__",
+    "ActorClass", "ActorHandle", "ObjectID", "ObjectRef", "RuntimeContext",
+    "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_actor",
+    "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "job_config", "kill",
+    "method", "nodes", "put", "register_custom_serializer", "remote", "shutdown", "util",
+    "wait", "__version__",
 ]

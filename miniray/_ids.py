@@ -2,7 +2,10 @@
 
 An object id is 16 bytes: the 14-byte id of the task (or put) that made it,
 then a 2-byte return index.  Ids are made by the submitting process without a
-round trip: a random per-process prefix and a counter.
+round trip: a random per-process prefix and a counter.  The counter's top
+bit marks an actor call (``new_task_id(actor_call=True)``), so any process
+holding a ref can tell an actor call's result from a task's without asking
+(``cancel(ref, force=True)`` is refused for actor calls, as in Ray).
 
 ObjectRef counts its live instances per process through a *ref tracker* that
 the runtime installs (``set_ref_tracker``); the tracker tells the node daemon
@@ -14,7 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 
-__all__ = ["ObjectRef", "new_task_id", "object_id_for", "set_ref_tracker",
+__all__ = ["ObjectRef", "new_task_id", "object_id_for", "set_ref_tracker", "is_actor_call",
            "TASK_ID_LEN", "OBJECT_ID_LEN"]
 
 TASK_ID_LEN = 14
@@ -24,15 +27,19 @@ _prefix = os.urandom(6)
 _counter = itertools.count(1)
 
 
-def reseed_ids() -> None:
-    """Give this process a fresh id prefix (after a fork)."""
-    global _prefix, _counter
-    _prefix = os.urandom(6)
-    _counter = itertools.count(1)
+_ACTOR_CALL_BIT = 1 << 63     # in the 8-byte counter; a counter never gets near it
 
 
-def new_task_id() -> bytes:
-    return _prefix + next(_counter).to_bytes(8, "little")
+def new_task_id(actor_call: bool = False) -> bytes:
+    n = next(_counter)
+    if actor_call:
+        n |= _ACTOR_CALL_BIT
+    return _prefix + n.to_bytes(8, "little")
+
+
+def is_actor_call(oid: bytes) -> bool:
+    """Was the task (or put) that makes ``oid`` an actor method call?"""
+    return bool(oid[TASK_ID_LEN - 1] & 0x80)
 
 
 def object_id_for(task_id: bytes, index: int) -> bytes:
@@ -68,8 +75,9 @@ def set_ref_tracker(tracker) -> None:
 class ObjectRef:
     """A reference to an immutable object in the cluster.
 
-    Hashable and comparable by id; ``await ref`` and ``ref.future()`` give
-    its value asynchronously.
+    Hashable and comparable by id; ``await ref``, ``ref.future()`` (a
+    ``concurrent.futures.Future``) and ``ref.as_future()`` (an
+    ``asyncio.Future``, as in Ray) give its value asynchronously.
     """
 
     __slots__ = ("_id", "__weakref__")
@@ -127,9 +135,15 @@ class ObjectRef:
         """A ``concurrent.futures.Future`` that resolves to the value."""
         return _tracker.as_future(self)
 
-    def __await__(self):
+    def as_future(self):
+        """An ``asyncio.Future`` that resolves to the value, for the running
+        event loop (Ray's ``ref.as_future()``; the same as
+        ``asyncio.wrap_future(ref.future())``)."""
         import asyncio
-        return asyncio.wrap_future(self.future()).__await__()
+        return asyncio.wrap_future(self.future())
+
+    def __await__(self):
+        return self.as_future().__await__()
 
     def __bool__(self):
         return True

@@ -392,8 +392,12 @@ class ActorManager:
                 t.worker = None
                 a.queue.appendleft(t)
             # The constructor task has no return objects, so the (maybe gone)
-            # creator's connection is only named, never written to.
-            init = tasks.create(a.spec, a.creator, actor=a)
+            # creator's connection is only named, never written to.  Its
+            # EXTRA says how often it restarted (was_current_actor_reconstructed).
+            spec = list(a.spec)
+            spec[S.EXTRA] = dict(spec[S.EXTRA] or {}, num_restarts=a.num_restarts)
+            spec[S.TASK_ID] = a.spec[S.TASK_ID]
+            init = tasks.create(tuple(spec), a.creator, actor=a)
             a.queue.appendleft(init)
             tasks.start(init)
             a.state = "awaiting_worker"
@@ -432,6 +436,7 @@ class ActorManager:
                 st.tasks.fail(t, exc)
         if a.name and self.named.get((a.namespace, a.name)) == a.aid:
             del self.named[(a.namespace, a.name)]
+        st.cluster.actor_gone(a.aid)
         w = a.worker
         a.worker = None
         if w is not None:

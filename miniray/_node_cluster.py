@@ -336,21 +336,29 @@ class ClusterState:
         self._learn_owners(owners)
         st.actors.on_create(client, (M.ACTOR_CREATE, None, spec, opts))
 
-    def actor_created(self, aid, name, namespace, meta) -> None:
+    def actor_created(self, aid, name, namespace, meta, node_id=True) -> None:
         """Tell the head where an actor lives (and its name), so handles
-        and get_actor work from every node."""
+        and get_actor work from every node (``node_id=None``: it died)."""
         if not self.enabled:
             return
-        row = (aid, self.node_id, name, namespace, meta)
+        row = (aid, self.node_id if node_id is True else node_id, name, namespace, meta)
         if self.is_head:
             self.on_actor_at(None, (M.ACTOR_AT, row))
         elif self.head is not None:
             self.st.send(self.head, (M.ACTOR_AT, row))
 
+    def actor_gone(self, aid) -> None:
+        """An actor of this node died: the head forgets where it was."""
+        if self.enabled:
+            self.actor_created(aid, None, None, None, node_id=None)
+
     def on_actor_at(self, client, msg) -> None:
         aid, node_id, name, namespace, meta = msg[1]
         if self.is_head:
-            self.directory[aid] = (node_id, name, namespace, meta)
+            if node_id is None:
+                self.directory.pop(aid, None)
+            else:
+                self.directory[aid] = (node_id, name, namespace, meta)
         if node_id is not None and node_id != self.node_id:
             self.actor_nodes[aid] = node_id
         waiting = self.calls_waiting.pop(aid, ())

@@ -383,7 +383,8 @@ class NodeState:
                    "address": self.config["address"], "node_pid": facts["node_pid"],
                    "arena_dir": facts["arena_dir"],
                    "inline_threshold": self.config["inline_threshold"],
-                   "store_warning": facts["store_warning"]}
+                   "store_warning": facts["store_warning"],
+                   "node_ip": self.config.get("node_ip", "127.0.0.1")}
         self.out.append((D.WELCOME, client.cid, welcome))
         if role == "worker":
             self._worker_hello(client, wid)

@@ -13,6 +13,8 @@ Data flow::
                               v
     read_from(src) -> (meta view, buffer views)  --deserialize()-->  obj
                      (slices of src, no copy)        numpy/Arrow come back as views on src
+                                                     (loads_from(aligned=True): 64-byte
+                                                     aligned in memory, copied if not)
 
 Tiers (one pickler does them all; the first that applies wins):
 
@@ -680,8 +682,11 @@ def read_from(src):
     return meta, buffers
 
 
-def loads_from(src):
-    """``deserialize(*read_from(src))``."""
+def loads_from(src, *, aligned=False):
+    """``deserialize(*read_from(src))``.  With ``aligned``, every
+    out-of-band buffer (numpy/Arrow data) starts 64-byte aligned in memory,
+    copied if it is not where it lies in ``src`` (see ``_aligned``); without,
+    they are always views on ``src``."""
     if type(src) is bytes and len(src) >= _HDR_SIZE:
         magic, version, _flags, nbuf, mlen = _HDR_unpack_from(src, 0)
         if not nbuf and magic == MAGIC and version == VERSION and \
@@ -691,7 +696,38 @@ def loads_from(src):
             except Exception as exc:
                 from . import _serialization_diagnose as diag
                 raise SerializationError(diag.load_failure_message(exc)) from exc
-    return deserialize(*read_from(src))
+    meta, buffers = read_from(src)
+    if aligned and buffers:
+        buffers = _aligned(buffers)
+    return deserialize(meta, buffers)
+
+
+def _aligned(buffers):
+    """``buffers``, each starting at a 64-byte-aligned address, as Ray's are
+    (SIMD code and some libraries expect it).  The layout puts them at
+    64-byte offsets from its start, so those read from the arena (ranges
+    64-aligned in a page-aligned mapping) already are: no copy.  Those in a
+    ``bytes`` object (inline objects, which arrive inside messages) start
+    wherever Python put its data: they are copied (inline objects are
+    small) into fresh aligned memory, read-only if the source was."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return buffers
+    out = None
+    for i, b in enumerate(buffers):
+        src = np.frombuffer(b, np.uint8)
+        if not src.ctypes.data % ALIGN:
+            continue
+        raw = np.empty(src.nbytes + ALIGN, np.uint8)
+        start = -raw.ctypes.data % ALIGN
+        dst = raw[start:start + src.nbytes]
+        dst[:] = src
+        if out is None:
+            out = list(buffers)
+        view = memoryview(dst)
+        out[i] = view.toreadonly() if b.readonly else view
+    return buffers if out is None else out
 
 
 def dumps(obj, *, where: str = "value") -> bytes:

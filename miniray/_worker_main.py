@@ -1,15 +1,33 @@
 """Worker process entry: runs tasks, or one actor, for its node.
 
-    node ── EXECUTE ──► reader thread ──► queue ──► main thread runs the task
-    node ◄─ TASK_DONE ─────────────────────────────┘ (results inline, or
-                                                       written to the arena)
+    node ── EXECUTE ──► SocketReader.read ──► on_push ──► queue ──► main thread runs the task
+    node ◄─ TASK_DONE ───────────────────────────────────────────────┘ (results inline,
+                                                                  or written to the arena)
 
-The main thread runs plain tasks and sync actor calls one at a time.  A
-threaded actor (max_concurrency > 1) runs calls on a thread pool, an async
-actor on its own event loop thread; their results go out from those threads
-(``CoreClient.send`` is thread-safe).  ``CANCEL_TASK`` interrupts the main
-thread with SIGINT, turned into TaskCancelledError by the handler below,
-so even a task sleeping in C code is interrupted.
+The main thread, waiting for work, reads the socket itself (leader/follower,
+see ``_client_reader``); for async and threaded actors the io thread reads.
+
+The main thread runs plain tasks and sync actor calls one at a time.  An
+actor's calls go through its ``_actor_runtime.ActorRuntime``: a threaded
+actor (max_concurrency > 1, or concurrency groups) runs them on thread
+pools, an async actor on event loop threads; their results go out from
+those threads (``CoreClient.send`` is thread-safe).
+
+EXECUTE is ``(EXECUTE, spec, blob, deps, args)``, plus a sixth field
+``{"GPU": (ids...)}`` when the task or actor holds GPUs.  A task or actor
+creation sees those ids as CUDA_VISIBLE_DEVICES and ``get_gpu_ids()``
+(``WorkerState.gpu_ids``) while it runs; an actor keeps them for its life.
+On a node with GPUs, a task that holds none sees CUDA_VISIBLE_DEVICES=""
+(as in Ray); on a node without, the variable is left alone.
+
+Cancels: ``CANCEL_TASK`` interrupts the main thread with SIGINT (the node
+also pokes a busy worker with SIGUSR1 so that it reads the message at all).
+SIGINT goes through the client's interrupt gate (``_client_gate``): inside
+the task's own code it raises KeyboardInterrupt at once, as in Ray (so an
+``except Exception`` in the task does not swallow it), even in a sleep in C
+code; while the runtime decodes the task's arguments, imports its function,
+or packs and sends its results, it waits for the gate to open.  The caller
+of a cancelled task gets TaskCancelledError.
 
 Worker output goes to the node's stdout/stderr, which are the driver's, with
 each line prefixed ``(task_name pid=N)`` as Ray does.
@@ -23,13 +41,22 @@ import threading
 import traceback
 from collections import deque
 
+from . import _client_gate
 from . import _protocol as P
 from . import _serialization as ser
 from . import _task_spec as S
+from ._actor_runtime import ActorRuntime
+from ._client_gate import gate as _gate
+from ._task_kind import TaskKind, kind_of
 from .exceptions import ActorExit, RayTaskError, TaskCancelledError, SerializationError
 
 M = P.M
 VALUE, ERROR = P.K.VALUE, P.K.ERROR
+_TASK, _CREATE, _CALL = TaskKind.TASK, TaskKind.ACTOR_CREATE, TaskKind.ACTOR_CALL
+CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
+# Ray's switch for leaving CUDA_VISIBLE_DEVICES alone (the ids are still
+# assigned and returned by get_gpu_ids).
+NOSET_CUDA_VISIBLE_DEVICES = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
 
 
 class _PrefixedStream:
@@ -65,17 +92,31 @@ class _PrefixedStream:
 
 
 class WorkerState:
-    """What this worker is doing: read by get_runtime_context and prints."""
+    """What this worker is doing: read by get_runtime_context, get_gpu_ids,
+    exit_actor and prints."""
 
     def __init__(self):
         self.local = threading.local()
         self.actor_id = None
         self.actor_name = None
+        self.actor_spec = None      # the actor's creation spec
+        self.actor_is_async = False
         self.instance = None
         self.functions = {}
-        self.current_tid = None
-        self.cancel_tid = None
-        self.cancelled = set()
+        self.gpu_ids = []           # GPU ids of the running task, or of the actor
+        self.current_tid = None     # the task running on the main thread
+        self.cancel_tid = None      # its cancel, set just before the SIGINT
+        self.cancelled = set()      # ids of tasks cancelled (acted on once)
+        self.exit_requested = False     # exit_actor() was called
+        self.on_exit_request = None     # what else exit_actor() must trigger (async actors)
+
+    def request_exit(self):
+        """``exit_actor()``: the actor ends after the current call (see
+        ``_actor_runtime``)."""
+        self.exit_requested = True
+        hook = self.on_exit_request
+        if hook is not None:
+            hook()
 
     def task_name(self):
         name = getattr(self.local, "name", None)
@@ -91,17 +132,20 @@ class Worker:
         self.state = WorkerState()
         self.queue = deque()        # messages for the main thread
         self.main_ident = threading.get_ident()
-        self.pool = None
-        self.loop = None
-        self._async_tasks = {}      # task id -> asyncio.Task (async actors)
+        self.actor = None           # the ActorRuntime, once an actor's creation arrives
         self.client = None
+        # GPU ids are positions in the CUDA_VISIBLE_DEVICES the node was
+        # started with, if any (Ray maps them the same way).
+        visible = os.environ.get(CUDA_VISIBLE_DEVICES)
+        self.visible_gpus = visible.split(",") if visible else None
         _die_with_parent()
         # The node pokes a busy worker with SIGUSR1 when it sends CANCEL_TASK
         # (nobody reads the socket while the main thread runs a task).
         signal.signal(signal.SIGUSR1, self._on_poke)
-        signal.signal(signal.SIGINT, self._on_sigint)
+        _client_gate.install(self._deliver_sigint)
         self.runtime = _runtime.connect_worker(self.state, self.on_push)
         self.client = self.runtime.client
+        self.node_has_gpus = bool((self.client.welcome.get("resources") or {}).get("GPU"))
         sys.stdout = _PrefixedStream(sys.stdout, self.state)
         sys.stderr = _PrefixedStream(sys.stderr, self.state)
 
@@ -114,9 +158,8 @@ class Worker:
             if tid in st.cancelled:      # a repeated delivery: act once
                 return
             st.cancelled.add(tid)
-            if self.loop is not None:
-                # An async actor's call: cancel its asyncio task.
-                self.loop.call_soon_threadsafe(self._cancel_async, tid)
+            if self.actor is not None and self.actor.cancel(tid):
+                pass                 # an async actor's call: its asyncio task is cancelled
             elif st.current_tid == tid:
                 st.cancel_tid = tid
                 signal.pthread_kill(self.main_ident, signal.SIGINT)
@@ -136,20 +179,17 @@ class Worker:
         if self.client is not None:
             self.client.poll_now()
 
-    def _on_sigint(self, signum, frame):
+    def _deliver_sigint(self, signum, frame):
+        """What a SIGINT let through the gate does: cancel the task running
+        on the main thread, if that is the one to cancel (else nothing:
+        the task ended meanwhile)."""
         st = self.state
         tid = st.cancel_tid
         if tid is not None and tid == st.current_tid:
             st.cancel_tid = None
-            client = self.client
-            if client is not None and (client.critical or client.reading_in(self.main_ident)):
-                # Inside a socket read or a decode: raising now could lose
-                # frames or pins; the runtime raises it when it is done.
-                client.deferred_interrupt = TaskCancelledError(tid.hex())
-                return
             # No local holds the exception: a frame <-> traceback cycle
             # would keep the task's arguments alive until a GC pass.
-            raise TaskCancelledError(tid.hex())
+            raise KeyboardInterrupt(f"task {tid.hex()} was cancelled (miniray.cancel)")
 
     # -- the loop ------------------------------------------------------------------
     def run(self):
@@ -158,23 +198,44 @@ class Worker:
         wait_until = self.client.wait_until
         while True:
             if not queue:
-                wait_until(has_work)
+                # No task runs: a SIGINT has nothing to cancel, so the wait
+                # need not be interruptible (and skips a poll per task).
+                wait_until(has_work, interruptible=False)
             msg = queue.popleft()
             if msg[0] == M.EXIT:
                 break
             if msg[0] == M.EXECUTE:
-                _, spec, blob, deps, args = msg
+                spec, blob, deps, args = msg[1], msg[2], msg[3], msg[4]
                 if blob is not None:
                     self.state.functions[spec[S.FN_KEY]] = _LazyFunction(blob)
-                if spec[S.ACTOR_ID] is not None and spec[S.METHOD] != "__init__":
-                    self.dispatch_actor_call(spec, deps, args)
+                if kind_of(spec) == _CALL:
+                    self.actor.dispatch(spec, deps, args)
                 else:
+                    self.assign_gpus(msg[5] if len(msg) > 5 else None)
                     self.execute(spec, deps, args)
         self.shutdown()
 
+    def assign_gpus(self, resources) -> None:
+        """The GPU ids of the task or actor about to start, from EXECUTE's
+        sixth field: ``get_gpu_ids()`` returns them, and its code sees them
+        as CUDA_VISIBLE_DEVICES (set before an actor's constructor runs)."""
+        ids = resources.get("GPU") if resources else None
+        if not ids and not self.node_has_gpus:
+            return
+        visible = self.visible_gpus
+        if visible is not None:
+            gpu_ids = [visible[i] if i < len(visible) else str(i) for i in ids or ()]
+        else:
+            gpu_ids = list(ids or ())
+        self.state.gpu_ids = gpu_ids
+        if not os.environ.get(NOSET_CUDA_VISIBLE_DEVICES):
+            value = ",".join(map(str, gpu_ids))
+            if os.environ.get(CUDA_VISIBLE_DEVICES) != value:
+                os.environ[CUDA_VISIBLE_DEVICES] = value
+
     def shutdown(self):
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.actor is not None:
+            self.actor.shutdown()
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -182,28 +243,35 @@ class Worker:
             pass
 
     # -- running a task ---------------------------------------------------------------
-    def resolve_args(self, spec, deps, args, on_main=False):
+    def resolve_args(self, spec, deps, args):
+        """The call's arguments.  Decoding makes pins and may import numpy
+        or user modules: in the gate, so a cancel waits it out.  If one
+        fails to decode, the views of those after it are released.  Arrays
+        come 64-byte aligned, as in Ray (those of inline payloads are
+        copied to be; see ``_serialization._aligned``)."""
         client = self.client
-        if not on_main:
-            return self._resolve_args(spec, deps, args)
-        # Decoding makes pins and may import numpy: a cancel waits it out.
-        client.critical += 1
-        try:
-            return self._resolve_args(spec, deps, args)
-        finally:
-            client.critical -= 1
-            if client.deferred_interrupt is not None and not client.critical:
-                client._raise_deferred()
-
-    def _resolve_args(self, spec, deps, args):
-        client = self.client
-        if type(args) is bytes:
-            args_list, kwargs, positions = ser.loads_from(args)
-        else:
-            kind, data = args
-            args_list, kwargs, positions = client.decode(spec[S.ARGS_OID], kind, data)
-        for pos, oid, (kind, data) in zip(positions, spec[S.DEPS], deps):
-            value = client.decode(oid, kind, data)
+        decode = client.decode
+        loads_from = ser.loads_from
+        inline = type(args) is bytes
+        payloads = list(zip(spec[S.DEPS], deps))
+        if not inline:
+            payloads.insert(0, (spec[S.ARGS_OID], args))
+        with _gate:
+            i = -1
+            try:
+                if inline:
+                    args_list, kwargs, positions = loads_from(args, aligned=True)
+                values = []
+                for i, (oid, (kind, data)) in enumerate(payloads):
+                    # An inline payload needs no pin: what decode would do, aligned.
+                    values.append(loads_from(data, aligned=True) if type(data) is bytes
+                                  else decode(oid, kind, data))
+            except BaseException:
+                client.release_payloads(payloads[i + 1:])
+                raise
+        if not inline:
+            args_list, kwargs, positions = values.pop(0)
+        for pos, value in zip(positions, values):
             if type(pos) is int:
                 args_list[pos] = value
             else:
@@ -211,75 +279,95 @@ class Worker:
         return args_list, kwargs
 
     def execute(self, spec, deps, args, *, on_main=True):
+        """Run one task or sync actor call and send its TASK_DONE.
+
+        All of it runs in the interrupt gate but the task's own code: a
+        cancel lands in the user's function, or waits (decoding the args,
+        loading the function, packing and sending the results are never cut
+        short); one that comes after the function returned is ignored."""
         st = self.state
         tid = spec[S.TASK_ID]
         name = spec[S.NAME]
+        kind = kind_of(spec)
         local = st.local
-        local.name, local.spec = name, spec
-        if on_main:
-            st.current_tid = tid
-        retryable = False
-        try:
-            if tid in st.cancelled:
-                raise TaskCancelledError(tid.hex())
-            if spec[S.ACTOR_ID] is None:
-                # A pooled worker runs each task in its job's namespace.
-                extra = spec[S.EXTRA]
-                self.runtime.namespace = extra.get("namespace") if extra else None
-            args_list, kwargs = self.resolve_args(spec, deps, args, on_main)
-            if spec[S.METHOD] == "__init__":
-                self.construct_actor(spec, args_list, kwargs)
-                results = [(None, VALUE, None, ())]
-            else:
-                fn = self.target(spec)
-                value = fn(*args_list, **kwargs)
-                if self.loop is not None and _is_coroutine(value):
-                    value = self.run_coroutine(value)
-                del args_list, kwargs
-                results = self.pack_results(spec, value)
-        except TaskCancelledError as exc:
-            results = self.error_results(spec, exc)
-        except ActorExit:
-            self.exit_actor(spec)
-            return
-        except BaseException as exc:
-            if on_main and st.cancel_tid == tid:
-                st.cancel_tid = None
-            retryable = _should_retry(spec, exc)
-            results = self.error_results(spec, _task_error(name, exc))
-        finally:
+        with _gate:
+            local.name, local.spec = name, spec
             if on_main:
-                st.current_tid = None
-            local.name = local.spec = None
-        if spec[S.METHOD] == "__init__" and results[0][1] == ERROR:
-            results = [(None, ERROR, results[0][2], ())]
-        self.finish(tid, results, retryable)
+                st.current_tid = tid
+            retryable = False
+            note = None
+            try:
+                if tid in st.cancelled:          # cancelled before it could start
+                    raise TaskCancelledError(tid.hex())
+                if kind == _TASK:
+                    # A pooled worker runs each task in its job's namespace.
+                    extra = spec[S.EXTRA]
+                    self.runtime.namespace = extra.get("namespace") if extra else None
+                if kind == _CREATE:
+                    self.actor = ActorRuntime(self, spec)
+                args_list, kwargs = self.resolve_args(spec, deps, args)
+                if kind == _CREATE:
+                    self.actor.construct(spec, args_list, kwargs)
+                    results = [(None, VALUE, None, ())]
+                else:
+                    fn = self.target(spec)
+                    value = _gate.interruptible(self.call, fn, args_list, kwargs)
+                    del args_list, kwargs
+                    results = self.pack_results(spec, value)
+            except BaseException as exc:
+                if kind is not _TASK:
+                    if isinstance(exc, ActorExit):       # exit_actor(): never returns
+                        self.actor.exit_by_request(spec)
+                    if isinstance(exc, SystemExit):      # as in Ray, the process exits
+                        self.actor.crash(spec, exc)
+                results, retryable, note = self.failed(spec, kind, exc)
+            finally:
+                if on_main:
+                    st.current_tid = None
+                    if st.cancel_tid == tid:
+                        st.cancel_tid = None
+                local.name = local.spec = None
+            if st.exit_requested and kind is not _TASK:
+                # exit_actor() was called, and the exception it raised caught.
+                self.actor.exit_by_request(spec)
+            if kind == _CREATE and results[0][1] == ERROR:
+                results = [(None, ERROR, results[0][2], ())]
+            self.finish(tid, results, retryable, note)
 
-    def exit_actor(self, spec):
-        """The method called exit_actor(): fail this call, tell the node the
-        actor is gone (so no restart), run atexit handlers and leave."""
-        from .exceptions import ActorDiedError
-        name = self.state.actor_name
-        err = ActorDiedError(f"actor {name} (pid={os.getpid()}) exited by calling "
-                             f"exit_actor() in '{spec[S.NAME]}'; calls to it cannot run.")
-        self.finish(spec[S.TASK_ID], self.error_results(spec, err), False)
-        self.client.send((M.ACTOR_KILL, self.state.actor_id, True, str(err)))
-        import atexit
-        atexit._run_exitfuncs()
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:
-            pass
-        self.client.close()
-        os._exit(0)
+    def failed(self, spec, kind, exc):
+        """(results, retryable, note) of a task that raised ``exc``.  (A
+        helper, so that no local of ``execute`` holds the error: its
+        traceback holds that frame, and the cycle would keep the task's
+        arguments alive until a GC pass.)"""
+        tid = spec[S.TASK_ID]
+        retryable = False
+        if isinstance(exc, TaskCancelledError):
+            err = exc                # a nested get of a cancelled task, not caught
+        elif tid in self.state.cancelled:
+            err = TaskCancelledError(tid.hex())   # ours: the gate's KeyboardInterrupt
+        else:
+            retryable = _should_retry(spec, exc)
+            err = _task_error(spec[S.NAME], exc)
+        # A failed constructor's text: the node describes the dead actor
+        # with it (it never unpickles an error).
+        note = str(err) if kind == _CREATE else None
+        return self.error_results(spec, err), retryable, note
 
-    def finish(self, tid, results, retryable):
-        self.client.send((M.TASK_DONE, tid, results, retryable))
+    def call(self, fn, args, kwargs):
+        """The task's own code (interruptible: see ``execute``)."""
+        return fn(*args, **kwargs)
+
+    def finish(self, tid, results, retryable, note=None):
+        self.client.send((M.TASK_DONE, tid, results, retryable, note))
+
+    def fail_call(self, spec, exc) -> None:
+        """Fail a task that cannot run with ``exc`` (as a RayTaskError)."""
+        self.finish(spec[S.TASK_ID], self.error_results(spec, _task_error(spec[S.NAME], exc)),
+                    False)
 
     def target(self, spec):
         if spec[S.ACTOR_ID] is not None:
-            return getattr(self.state.instance, spec[S.METHOD])
+            return self.actor.method(spec[S.METHOD])
         return self.function(spec[S.FN_KEY])
 
     def function(self, key):
@@ -287,28 +375,9 @@ class Worker:
         error fails the task that needs it, not the worker."""
         fn = self.state.functions[key]
         if type(fn) is _LazyFunction:
-            fn = self.state.functions[key] = ser.loads_from(fn.blob)
+            with _gate:       # imports user modules: a cancel must not leave one half done
+                fn = self.state.functions[key] = ser.loads_from(fn.blob)
         return fn
-
-    def construct_actor(self, spec, args, kwargs):
-        st = self.state
-        cls = self.function(spec[S.FN_KEY])
-        st.actor_id = spec[S.ACTOR_ID]
-        st.actor_name = spec[S.NAME]
-        extra = spec[S.EXTRA] or {}
-        self.runtime.namespace = extra.get("namespace")
-        if extra.get("is_async") or extra.get("max_concurrency", 1) > 1:
-            # Calls finish on other threads, whose replies must arrive while
-            # the main thread waits for work: let the io thread read.
-            self.client.use_reader_thread()
-        if extra.get("is_async"):
-            self._start_loop()
-        st.instance = cls(*args, **kwargs)
-        concurrency = extra.get("max_concurrency", 1)
-        if concurrency > 1 and not extra.get("is_async"):
-            from concurrent.futures import ThreadPoolExecutor
-            self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="miniray-actor")
-        self.concurrency = concurrency
 
     def pack_results(self, spec, value):
         n = spec[S.NUM_RETURNS]
@@ -330,18 +399,27 @@ class Worker:
                 return self.error_results(spec, _task_error(name, err))
         results = []
         client = self.client
-        for i, v in enumerate(values):
-            oid = tid + i.to_bytes(2, "little")
-            try:
-                sobj = ser.serialize(v, where=f"the return value of '{name}'")
-            except SerializationError as exc:
-                return self.error_results(spec, _task_error(name, exc))
-            size = ser.encoded_size(sobj)
-            if size <= client.inline_threshold:
-                results.append((oid, VALUE, ser.to_bytes(sobj), sobj.contained_refs))
-            else:
-                client.write_arena(oid, sobj, size)
-                results.append((oid, VALUE, None, sobj.contained_refs))
+        written = []      # ranges ALLOC'd here: TASK_DONE seals them, or they go back
+        try:
+            for i, v in enumerate(values):
+                oid = tid + i.to_bytes(2, "little")
+                try:
+                    sobj = ser.serialize(v, where=f"the return value of '{name}'")
+                except SerializationError as exc:
+                    for oid in written:
+                        client.abort_alloc(oid)
+                    return self.error_results(spec, _task_error(name, exc))
+                size = ser.encoded_size(sobj)
+                if size <= client.inline_threshold:
+                    results.append((oid, VALUE, ser.to_bytes(sobj), sobj.contained_refs))
+                else:
+                    client.write_arena(oid, sobj, size)
+                    written.append(oid)
+                    results.append((oid, VALUE, None, sobj.contained_refs))
+        except BaseException:
+            for oid in written:
+                client.abort_alloc(oid)
+            raise
         return results
 
     def error_results(self, spec, exc):
@@ -353,85 +431,6 @@ class Worker:
         tid = spec[S.TASK_ID]
         n = max(1, spec[S.NUM_RETURNS])
         return [(tid + i.to_bytes(2, "little"), ERROR, data, ()) for i in range(n)]
-
-    # -- actors -----------------------------------------------------------------------------
-    def dispatch_actor_call(self, spec, deps, args):
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._schedule_async, spec, deps, args)
-        elif self.pool is not None:
-            self.pool.submit(self.execute, spec, deps, args, on_main=False)
-        else:
-            self.execute(spec, deps, args)
-
-    def _start_loop(self):
-        import asyncio
-        loop = asyncio.new_event_loop()
-        self.loop = loop
-        ready = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(loop)
-            ready.set()
-            loop.run_forever()
-
-        t = threading.Thread(target=run, name="miniray-actor-loop", daemon=True)
-        t.start()
-        ready.wait()
-
-    def _schedule_async(self, spec, deps, args):
-        import asyncio
-        loop = self.loop
-        concurrency = getattr(self, "concurrency", 1000)
-        if not hasattr(self, "_sem"):
-            self._sem = asyncio.Semaphore(concurrency)
-        tid = spec[S.TASK_ID]
-
-        async def run_call():
-            try:
-                async with self._sem:
-                    await self._run_async_call(spec, deps, args)
-            except asyncio.CancelledError:      # cancelled while waiting for a slot
-                self.finish(tid, self.error_results(spec, TaskCancelledError(tid.hex())), False)
-            finally:
-                self._async_tasks.pop(tid, None)
-        self._async_tasks[tid] = loop.create_task(run_call())
-
-    def _cancel_async(self, tid):
-        task = self._async_tasks.get(tid)
-        if task is not None:
-            task.cancel()
-
-    async def _run_async_call(self, spec, deps, args):
-        st = self.state
-        name = spec[S.NAME]
-        tid = spec[S.TASK_ID]
-        retryable = False
-        try:
-            if tid in st.cancelled:
-                raise TaskCancelledError(tid.hex())
-            args_list, kwargs = self.resolve_args(spec, deps, args)
-            fn = self.target(spec)
-            value = fn(*args_list, **kwargs)
-            if _is_coroutine(value):
-                value = await value
-            results = self.pack_results(spec, value)
-        except ActorExit:
-            self.exit_actor(spec)
-            return
-        except BaseException as exc:
-            import asyncio
-            if isinstance(exc, (asyncio.CancelledError, TaskCancelledError)):
-                exc = TaskCancelledError(tid.hex())
-                results = self.error_results(spec, exc)
-            else:
-                retryable = _should_retry(spec, exc)
-                results = self.error_results(spec, _task_error(name, exc))
-        st.local.name = None
-        self.finish(tid, results, retryable)
-
-    def run_coroutine(self, coro):
-        import asyncio
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
 
 def _die_with_parent():
@@ -454,18 +453,22 @@ class _LazyFunction:
         self.blob = blob
 
 
-def _is_coroutine(value):
-    import inspect
-    return inspect.iscoroutine(value)
-
-
 def _should_retry(spec, exc):
+    """Does ``retry_exceptions`` cover ``exc``?  A list of exception types
+    travels as bytes the node never decodes; the worker decodes it only
+    here, when a task has failed."""
     rule = spec[S.RETRY_EXC]
     if not rule or isinstance(exc, (TaskCancelledError, KeyboardInterrupt)):
         return False
     if rule is True:
         return isinstance(exc, Exception)
-    return isinstance(exc, tuple(rule))
+    try:
+        types = ser.loads_from(rule)
+    except Exception as err:
+        print(f"miniray: cannot load the retry_exceptions of '{spec[S.NAME]}' in this worker "
+              f"({type(err).__name__}: {err}); the task is not retried", file=sys.stderr)
+        return False
+    return isinstance(exc, types)
 
 
 def _task_error(name, exc):

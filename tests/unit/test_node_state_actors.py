@@ -234,6 +234,13 @@ def test_cancel_of_a_running_call_interrupts_the_worker():
 
 # -- crashes and restarts ----------------------------------------------------------------------
 
+def restarted(init, times):
+    """The constructor's spec as the node re-sends it after a crash."""
+    spec = list(init)
+    spec[S.EXTRA] = dict(spec[S.EXTRA] or {}, num_restarts=times)
+    return tuple(spec)
+
+
 def test_crash_with_restarts_respawns_reruns_the_constructor_and_retries_calls():
     n = Node().pool()
     d = n.driver()
@@ -254,7 +261,7 @@ def test_crash_with_restarts_respawns_reruns_the_constructor_and_retries_calls()
     late = call_spec(aid, "late")
     assert n.call(d, late) == []                            # queued during the restart
     out = n.connect(3)
-    assert out[1:] == [(SEND, n.wc(3), execute(init, blob=CLASS_BLOB))]
+    assert out[1:] == [(SEND, n.wc(3), execute(restarted(init, 1), blob=CLASS_BLOB))]
     assert n.init_done(3, init) == [(SEND, n.wc(3), execute(retried, blob=None)),
                                     (SEND, n.wc(3), execute(late, blob=None))]
     assert n.st.tasks.tasks[retried[S.TASK_ID]].retries_left == 0
@@ -272,7 +279,7 @@ def test_crash_during_the_constructor_restarts_it():
     assert n.exited(1, "exited with code 1") == [(D.CLOSE, n.wc(1)), (D.SPAWN, 3)]
     # Any worker that says hello first serves the actor: here the pool's.
     out = n.connect(2)
-    assert out[1:] == [(SEND, n.wc(2), execute(init, blob=CLASS_BLOB))]
+    assert out[1:] == [(SEND, n.wc(2), execute(restarted(init, 1), blob=CLASS_BLOB))]
     assert n.connect(3)[1:] == [] and n.idle() == [3]
     assert n.init_done(2, init) == [(SEND, n.wc(2), execute(c, blob=None))]
     assert n.actor(aid).restarts_left == 1

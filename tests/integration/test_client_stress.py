@@ -1,4 +1,4 @@
-"""Review stress tests for CoreClient's leader/follower reads (miniray/_core.py).
+"""Stress tests of the clients' leader/follower reads (``_client_reader``).
 
 Many threads of one process share one connection: whichever thread waits
 reads the socket for everyone; the ``miniray-io`` thread takes over as the
@@ -163,7 +163,7 @@ def test_futures_and_sync_gets_mixed_with_reader_switch(ray_factory):
     client to reader mode; everything must still complete."""
     ray_factory(num_cpus=4, object_store_memory=256 * 2**20)
     c = client()
-    assert not c._reader_mode
+    assert not c._reader.permanent
     stop_at = time.monotonic() + 3.0
     switched = threading.Event()
 
@@ -197,7 +197,7 @@ def test_futures_and_sync_gets_mixed_with_reader_switch(ray_factory):
         asyncio.run(main())
 
     run_threads([sync_getter(s) for s in range(6)] + [future_user, async_user], timeout=30)
-    assert switched.is_set() and c._reader_mode
+    assert switched.is_set() and c._reader.permanent
     assert not c._pending
 
 
@@ -313,10 +313,8 @@ def test_cancel_races_get_reply_in_worker(ray_factory):
         a = miniray.get(refs[0])
         return int(a[0])
 
-    # Import numpy in every worker first: a cancel landing inside the lazy
-    # ``import numpy`` of ``Arena.pinned_view`` leaks the pin (see
-    # test_review_core_bugs::test_cancel_during_decode_releases_the_pin) and
-    # can leave numpy half-imported in the pooled worker.
+    # Import numpy in every worker first, so that the cancels race the
+    # replies rather than a first import (see test_client_interrupts).
     collect_in_workers(4)            # (runs this module, which imports numpy, everywhere)
 
     for rnd in range(20):
@@ -331,9 +329,8 @@ def test_cancel_races_get_reply_in_worker(ray_factory):
             pass
         del inner, outer
     assert miniray.get(add.remote(1, 1), timeout=10) == 2
-    # A cancelled task's frames sit in a reference cycle until the worker's
-    # cyclic GC runs (see test_review_core_bugs::test_cancelled_task_does_not_
-    # keep_its_args_alive); collect in every worker so only pins are checked.
+    # Collect in every worker, so that only pins are checked here (cycles
+    # are test_client_interrupts' business).
     collect_in_workers(4)
     assert_arena_released()
 
