@@ -14,6 +14,7 @@ import inspect
 from . import _runtime
 from ._options import plain_str, task_shape, validate_task_options
 from ._submit import Signature, forever, function_blob, pack_args, encode_retry_exc, submit_task
+from ._scheduling_strategy import strategy_wire
 
 __all__ = ["RemoteFunction"]
 
@@ -102,7 +103,9 @@ def _task_name(opts, name) -> str:
 def _fixed_fields(opts, name):
     """The spec fields that depend only on the options, computed once per
     options set instead of on every submit: (num_returns, resource shape,
-    retries, retry_exceptions in its wire form)."""
+    retries, retry_exceptions in its wire form, scheduling strategy in its
+    wire form)."""
     retries = forever(opts.get("max_retries", DEFAULT_MAX_RETRIES))
     retry_exc = encode_retry_exc(opts.get("retry_exceptions"), f"'{name}'")
-    return opts.get("num_returns", 1), task_shape(opts), retries, retry_exc
+    strategy = strategy_wire(opts.get("scheduling_strategy"))
+    return opts.get("num_returns", 1), task_shape(opts), retries, retry_exc, strategy

@@ -181,3 +181,34 @@ def test_actor_ends_on_its_node_when_its_handles_go(local_cluster):
     del a
     gc.collect()
     assert wait_for(lambda: miniray.available_resources().get("B") == 1.0, timeout=10)
+
+
+def test_spread_and_node_affinity(local_cluster):
+    from miniray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    c = local_cluster(1, {"num_cpus": 1}, {"num_cpus": 1})
+    all_nodes = {n.node_id for n in c.list_all_nodes()}
+    spread = [node_id.options(scheduling_strategy="SPREAD").remote() for _ in range(6)]
+    assert set(miniray.get(spread, timeout=30)) == all_nodes
+    target = c.worker_nodes[1].node_id
+    pinned = node_id.options(scheduling_strategy=NodeAffinitySchedulingStrategy(target, soft=False))
+    assert set(miniray.get([pinned.remote() for _ in range(4)], timeout=30)) == {target}
+    with pytest.raises(ValueError, match="scheduling_strategy"):
+        node_id.options(scheduling_strategy="NEAREST").remote()
+
+
+def test_work_on_a_dying_node_runs_again_and_lost_objects_say_so(local_cluster):
+    from miniray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    c = local_cluster(1, {"num_cpus": 1}, {"num_cpus": 1})
+    victim, survivor = c.worker_nodes
+    on_victim = NodeAffinitySchedulingStrategy(victim.node_id, soft=True)
+    only_there = make_array.options(scheduling_strategy=on_victim).remote(1_000_000)
+    time.sleep(1.5)     # made there; not fetched (a wait would fetch it, as Ray's does)
+    running = node_and_sleep.options(scheduling_strategy=on_victim, max_retries=2).remote(3.0)
+    assert wait_for(lambda: miniray.available_resources().get("CPU", 0) <= 2.0, timeout=10)
+    c.remove_node(victim, allow_graceful=False)
+    # The task reruns on a live node (affinity is soft, retries remain).
+    assert miniray.get(running, timeout=60) in (survivor.node_id, c.head_node.node_id)
+    # Its only copy was on the dead node: the error names the object and node.
+    with pytest.raises(miniray.exceptions.ObjectLostError) as info:
+        miniray.get(only_there, timeout=30)
+    assert victim.node_id in str(info.value) and only_there.hex() in str(info.value)
