@@ -212,3 +212,19 @@ def test_work_on_a_dying_node_runs_again_and_lost_objects_say_so(local_cluster):
     with pytest.raises(miniray.exceptions.ObjectLostError) as info:
         miniray.get(only_there, timeout=30)
     assert victim.node_id in str(info.value) and only_there.hex() in str(info.value)
+
+
+def test_head_death_ends_the_cluster_with_a_clear_error(local_cluster):
+    c = local_cluster(1, {"num_cpus": 1})
+    miniray.shutdown()
+    node = c.worker_nodes[0]
+    miniray.init(address=node.peer_address)          # a driver on the other node
+    assert miniray.get(node_id.remote(), timeout=30) in {n.node_id for n in c.list_all_nodes()}
+    pids = {node.process.pid} | {p.pid for p in psutil.Process(node.process.pid).children(
+        recursive=True)}
+    c.remove_node(c.head_node, allow_graceful=False)
+    t0 = time.monotonic()
+    assert not wait_gone(pids, timeout=10), "the node outlived its head"
+    with pytest.raises(miniray.exceptions.NodeDiedError):
+        miniray.get(node_id.remote(), timeout=10)
+    assert time.monotonic() - t0 < 10
