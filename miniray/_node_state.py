@@ -69,7 +69,7 @@ class Worker:
     """A worker process, as the state sees it (the server owns the process)."""
 
     __slots__ = ("wid", "pid", "client", "state", "task", "fn_keys", "blocked", "actor",
-                 "exit_desc", "idle_since", "kind")
+                 "exit_desc", "idle_since", "kind", "calls")
 
     def __init__(self, wid, now):
         self.wid = wid
@@ -85,6 +85,7 @@ class Worker:
         # "cpu" or "gpu" once it ran a task: GPU work never shares a process
         # with CPU work (CUDA state, CUDA_VISIBLE_DEVICES), as in Ray.
         self.kind = None
+        self.calls = {}         # function key -> runs, for max_calls
 
 
 class Waiter:

@@ -349,6 +349,18 @@ class TaskManager:
         w.task = None
         t.worker = None
         if w.state != "dead":
+            extra = t.spec[S.EXTRA]
+            max_calls = extra.get("max_calls") if extra else None
+            if max_calls and w.client is not None:
+                # @remote(max_calls=N): the worker goes after N runs of this
+                # function (leaks in native code die with it), as in Ray.
+                key = t.spec[S.FN_KEY]
+                w.calls[key] = w.calls.get(key, 0) + 1
+                if w.calls[key] >= max_calls:
+                    w.state = "exiting"
+                    st.send(w.client, (M.EXIT, f"max_calls={max_calls} reached"))
+                    st.schedule_needed = True
+                    return
             st.worker_idle(w)
         st.schedule_needed = True
 

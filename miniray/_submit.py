@@ -257,11 +257,11 @@ def job_extra(namespace, job_id, extra=None):
 
 def submit_task(client, key, name, packed, fixed, namespace, job_id=FIRST_JOB):
     """SUBMIT a function task; ``fixed`` = (num_returns, shape, retries,
-    retry_exc, strategy) from the options.  Returns its refs."""
-    n, shape, retries, retry_exc, strategy = fixed
-    extra = None if namespace is None and job_id == FIRST_JOB else job_extra(namespace, job_id)
-    if strategy is not None:
-        extra = dict(extra or (), strategy=strategy)
+    retry_exc, extra) from the options (extra: strategy, max_calls, or
+    None).  Returns its refs."""
+    n, shape, retries, retry_exc, extra = fixed
+    if namespace is not None or job_id != FIRST_JOB:
+        extra = job_extra(namespace, job_id, extra)
     spec = task_spec(_TASK, key, name, packed, n, shape, retries, retry_exc, extra=extra)
     client.send_later((_SUBMIT, spec))
     return return_refs(spec[TASK_ID], n)

@@ -108,4 +108,9 @@ def _fixed_fields(opts, name):
     retries = forever(opts.get("max_retries", DEFAULT_MAX_RETRIES))
     retry_exc = encode_retry_exc(opts.get("retry_exceptions"), f"'{name}'")
     strategy = strategy_wire(opts.get("scheduling_strategy"))
-    return opts.get("num_returns", 1), task_shape(opts), retries, retry_exc, strategy
+    extra = {}
+    if strategy is not None:
+        extra["strategy"] = strategy
+    if opts.get("max_calls"):
+        extra["max_calls"] = int(opts["max_calls"])
+    return opts.get("num_returns", 1), task_shape(opts), retries, retry_exc, extra or None

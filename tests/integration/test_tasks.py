@@ -330,3 +330,15 @@ def test_retry_exceptions(ray_shared, tmp_path):
             raise ValueError(f"attempt {n}")
         return n
     assert miniray.get(flaky.remote(str(marker))) == 3
+
+
+def test_max_calls_replaces_the_worker_after_n_runs(ray_factory):
+    ray = ray_factory(num_cpus=1)
+
+    @ray.remote(max_calls=2)
+    def pid():
+        return os.getpid()
+
+    pids = [ray.get(pid.remote(), timeout=30) for _ in range(6)]
+    assert all(pids.count(p) <= 2 for p in pids), pids
+    assert len(set(pids)) >= 3
