@@ -1,8 +1,9 @@
 """Validation of ``@remote(...)`` / ``.options(...)`` arguments.
 
 Ray's option names are accepted; an unknown name is a ValueError that names
-it and lists the valid ones.  Options Ray has but a single node cannot use
-(placement, runtime_env...) are accepted and ignored, so Ray programs run.
+it and lists the valid ones.  Options Ray has and miniray does not implement
+(placement groups, runtime_env...) are accepted so Ray programs run, with a
+warning the first time each is used: never silently.
 
 Resource amounts follow Ray's rules: any non-negative number with a
 precision of 0.0001 at most; above 1, GPUs (a unit-instance resource: each
@@ -133,8 +134,38 @@ def _check_retry_exceptions(opts):
                             f"got {re!r}")
 
 
+# Accepted, not implemented: what the user is told (once per option name).
+IGNORED = {
+    "runtime_env": "runtime environments are not implemented: the task runs in the "
+                   "driver's environment",
+    "placement_group": "placement groups are not implemented: the task is placed by its "
+                       "resources alone",
+    "placement_group_bundle_index": "placement groups are not implemented",
+    "placement_group_capture_child_tasks": "placement groups are not implemented",
+    "accelerator_type": "accelerator types are not tracked: use resources={...} to steer "
+                        "placement",
+    "label_selector": "node labels are not implemented",
+    "_labels": "node labels are not implemented",
+    "max_pending_calls": "the number of pending actor calls is not bounded",
+    "allow_out_of_order_execution": "calls run in Ray's default order",
+    "object_store_memory": "a per-task or per-actor store quota is not enforced",
+    "_generator_backpressure_num_objects": "generators are not implemented",
+}
+_warned: set = set()
+
+
+def _warn_ignored(opts) -> None:
+    for key in opts.keys() & IGNORED.keys():
+        if opts[key] is not None and key not in _warned:
+            _warned.add(key)
+            import warnings
+            warnings.warn(f"miniray ignores the option {key}={opts[key]!r}: {IGNORED[key]}.",
+                          RuntimeWarning, stacklevel=4)
+
+
 def validate_task_options(opts: dict) -> dict:
     _check_names(opts, TASK_OPTIONS, "remote functions")
+    _warn_ignored(opts)
     _check_common(opts)
     _check_num_returns(opts)
     _check_int(opts, "max_retries", -1)
@@ -144,6 +175,7 @@ def validate_task_options(opts: dict) -> dict:
 
 def validate_actor_options(opts: dict) -> dict:
     _check_names(opts, ACTOR_OPTIONS, "actors")
+    _warn_ignored(opts)
     _check_common(opts)
     lifetime = opts.get("lifetime")
     if lifetime not in (None, "detached", "non_detached"):

@@ -57,3 +57,15 @@ def test_unknown_option_suggests():
 def test_bad_actor_options(opts):
     with pytest.raises(ValueError):
         validate_actor_options(opts)
+
+
+def test_options_not_implemented_warn_once_never_silently():
+    import warnings
+    from miniray import _options
+    _options._warned.discard("runtime_env")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _options.validate_task_options({"runtime_env": {"pip": ["x"]}})
+        _options.validate_task_options({"runtime_env": {"pip": ["y"]}})
+    texts = [str(w.message) for w in caught]
+    assert len(texts) == 1 and "runtime_env" in texts[0] and "not implemented" in texts[0]
