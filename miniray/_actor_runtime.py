@@ -21,7 +21,8 @@ else the default group, which gets the actor's ``max_concurrency``.
 Method lookup: a call names a method of the class, so the name is looked up
 on the class and bound to the instance (an instance attribute with the same
 name, ``self.value = 0`` next to ``def value(self)``, does not hide it).
-The three built-in methods every Ray actor has live here (``BUILTINS``).
+The three built-in methods every Ray actor has (``__ray_ready__``,
+``__ray_terminate__``, ``__ray_call__``) are implemented here.
 
 How an actor ends itself:
 
@@ -42,23 +43,23 @@ import inspect
 import os
 import sys
 import threading
+import time
 
 from . import _protocol as P
 from . import _task_spec as S
 from ._client_gate import gate as _gate
 from ._task_kind import TaskKind, kind_of
-from .actor import ActorBlueprint
+from .actor import ActorBlueprint, exit_actor
 from .exceptions import ActorDiedError, ActorExit, TaskCancelledError
 
-__all__ = ["ActorRuntime", "BUILTINS", "DEFAULT_GROUP"]
+__all__ = ["ActorRuntime", "DEFAULT_GROUP"]
 
 M = P.M
 _CALL, _CREATE = TaskKind.ACTOR_CALL, TaskKind.ACTOR_CREATE
 DEFAULT_GROUP = None      # the key of the default concurrency group
-BUILTINS = ("__ray_ready__", "__ray_terminate__", "__ray_call__")
 _MISSING = object()
-JOIN_TIMEOUT = 1.0        # seconds to wait for a loop thread at shutdown (it may be blocked
-                          # in a call; the process exits right after anyway)
+JOIN_TIMEOUT = 1.0        # seconds to wait for the loop threads at shutdown, all together
+                          # (one may be blocked in a call; the process exits right after)
 
 
 class ActorRuntime:
@@ -77,6 +78,7 @@ class ActorRuntime:
         self.instance = None
         self.threaded = False       # calls run off the main thread
         self._lookup = {}           # method name -> class attribute (None: not on the class)
+        # Ray's built-in methods (the names ``actor.BUILTIN_METHODS`` lets handles call).
         self._builtins = {"__ray_ready__": _ready, "__ray_terminate__": _terminate,
                           "__ray_call__": self._ray_call}
         self._async_calls = {}      # task id -> (loop, asyncio.Task) of a running async call
@@ -109,9 +111,19 @@ class ActorRuntime:
             self.client.use_reader_thread()
         if self.is_async:
             for name, limit in limits.items():
-                self.groups[name] = _LoopGroup(name, limit, self.crash)
-            # On the default loop, so that __init__ may start asyncio tasks.
-            self.instance = _gate.interruptible(self.groups[DEFAULT_GROUP].run, cls, args, kwargs)
+                self.groups[name] = _LoopGroup(name, limit, self._escaped)
+            # On the default loop, so that __init__ may start asyncio tasks;
+            # it sees the creation task as its own there too.
+            local = self.state.local
+            task = (local.name, local.spec)
+
+            def build():
+                local.name, local.spec = task
+                try:
+                    return cls(*args, **kwargs)
+                finally:
+                    local.name = local.spec = None
+            self.instance = _gate.interruptible(self.groups[DEFAULT_GROUP].run, build)
         else:
             self.instance = _gate.interruptible(_construct, cls, args, kwargs)
             if self.threaded:
@@ -136,10 +148,7 @@ class ActorRuntime:
                 f"{self.state.actor_name} does not have (its groups: {known or 'none'}). "
                 f"Declare it with @remote(concurrency_groups={{'{group}': N}})."))
             return
-        if where.loop is not None:
-            where.loop.call_soon_threadsafe(self._start_async, where, spec, deps, args)
-        else:
-            where.submit(self.worker.execute, spec, deps, args, on_main=False)
+        where.start(self, spec, deps, args)
 
     def group_of(self, spec):
         extra = spec[S.EXTRA]
@@ -177,7 +186,8 @@ class ActorRuntime:
         return True
 
     # -- async calls ------------------------------------------------------------------------
-    def _start_async(self, group, spec, deps, args):
+    def start_async(self, group, spec, deps, args):
+        """Start a call on ``group``'s loop (runs on that loop's thread)."""
         tid = spec[S.TASK_ID]
 
         async def run_call():
@@ -228,6 +238,13 @@ class ActorRuntime:
             return
         loop.call_soon(self.exit_by_request, None)
 
+    def _escaped(self, exc: SystemExit) -> None:
+        """A SystemExit escaped an event loop (asyncio re-raises it out of
+        the loop when a task the actor's code started raises it)."""
+        if isinstance(exc, ActorExit):
+            self.exit_by_request(None)
+        self.crash(None, exc)
+
     def exit_by_request(self, spec) -> None:
         """End the actor because ``exit_actor()`` was called, during ``spec``
         (a call, the constructor, or None: an asyncio task).  Never returns."""
@@ -273,6 +290,10 @@ class ActorRuntime:
             threading.Event().wait()
 
     def _leave(self, status: int) -> None:
+        """Run atexit handlers, write what is queued, exit with ``status``.
+        The connection is not closed first: that would wake the main
+        thread, which could end the process before this thread does (with
+        another status); the node sees it close with the process."""
         import atexit
         try:
             atexit._run_exitfuncs()
@@ -283,48 +304,50 @@ class ActorRuntime:
                 stream.flush()
             except Exception:
                 pass
-        self.client.close()
+        try:
+            self.client.flush_later()
+        except Exception:
+            pass
         os._exit(status)
 
     def shutdown(self) -> None:
         """Stop the pools and loops (the worker is exiting)."""
+        deadline = time.monotonic() + JOIN_TIMEOUT
         for group in self.groups.values():
-            group.close()
+            group.close(deadline)
 
 
 # -- where calls run ---------------------------------------------------------------------------
 
 class _MainThread:
     """The default group of a sync actor that runs one call at a time: the
-    worker's main thread (``dispatch`` runs the call itself)."""
+    worker's main thread, which runs the call right away."""
 
-    loop = None
+    def start(self, runtime, spec, deps, args):
+        runtime.worker.execute(spec, deps, args)
 
-    def close(self):
+    def close(self, deadline):
         pass
 
 
 class _PoolGroup:
     """A group of a threaded actor: ``limit`` threads."""
 
-    loop = None
-
     def __init__(self, name, limit):
         from concurrent.futures import ThreadPoolExecutor
         self.pool = ThreadPoolExecutor(limit, thread_name_prefix=_thread_name(name))
 
-    def submit(self, fn, *args, **kwargs):
-        self.pool.submit(fn, *args, **kwargs)
+    def start(self, runtime, spec, deps, args):
+        self.pool.submit(runtime.worker.execute, spec, deps, args, on_main=False)
 
-    def close(self):
+    def close(self, deadline):
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _LoopGroup:
     """A group of an async actor: an event loop on its own thread, running
-    at most ``limit`` calls at once.  A SystemExit that escapes a task the
-    actor's code started (asyncio re-raises it out of the loop) goes to
-    ``on_system_exit``."""
+    at most ``limit`` calls at once.  A SystemExit that escapes the loop
+    goes to ``on_system_exit``."""
 
     def __init__(self, name, limit, on_system_exit):
         self.loop = asyncio.new_event_loop()
@@ -342,19 +365,22 @@ class _LoopGroup:
         try:
             self.loop.run_forever()
         except SystemExit as exc:
-            self._on_system_exit(None, exc)
+            self._on_system_exit(exc)
 
-    def run(self, fn, args, kwargs):
-        """``fn(*args, **kwargs)`` on this loop's thread, inside a task (so
-        that it may start asyncio tasks); waits for its result."""
+    def start(self, runtime, spec, deps, args):
+        self.loop.call_soon_threadsafe(runtime.start_async, self, spec, deps, args)
+
+    def run(self, fn):
+        """``fn()`` on this loop's thread, inside a task (so that it may
+        start asyncio tasks); waits for its result."""
         async def call():
-            return fn(*args, **kwargs)
+            return fn()
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result()
 
-    def close(self):
+    def close(self, deadline):
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(JOIN_TIMEOUT)
+        self.thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _thread_name(group) -> str:
@@ -375,7 +401,6 @@ def _ready():
 def _terminate():
     """``__ray_terminate__``: end the actor after the calls queued before
     this one, as ``exit_actor()`` does."""
-    from .actor import exit_actor
     exit_actor()
 
 

@@ -395,7 +395,7 @@ class CoreClient:
         are all gone.  Callers on the main thread hold the gate: the pin and
         the lazy ``import numpy`` must not be cut short."""
         if type(data) is bytes:
-            return ser.loads_from(data)
+            return ser.loads_from(data, aligned=True)
         offset, size = data
         if known:
             self.add_owned(oid)

@@ -39,7 +39,8 @@ MAX_START_FAILURES = 5    # workers dying before HELLO, in a row, before actors 
 def _one_at_a_time(a) -> bool:
     """The actor runs its calls one by one, in the order they were sent."""
     extra = a.spec[S.EXTRA] or {}
-    return not extra.get("is_async") and extra.get("max_concurrency", 1) <= 1
+    return (not extra.get("is_async") and extra.get("max_concurrency", 1) <= 1
+            and not extra.get("concurrency_groups"))
 
 
 class Actor:

@@ -269,7 +269,7 @@ def submit_task(client, key, name, packed, fixed, namespace, job_id=FIRST_JOB):
 
 def create_actor(client, key, class_name, packed, shape, *, is_async, max_concurrency,
                  namespace, name, get_if_exists, lifetime, max_restarts, max_task_retries,
-                 meta: bytes, job_id=FIRST_JOB):
+                 meta: bytes, job_id=FIRST_JOB, concurrency_groups=None, strategy=None):
     """ACTOR_CREATE and wait for the node's answer: (actor id, meta bytes,
     created) where created is False when ``get_if_exists`` found a live one."""
     if type(meta) is not bytes:
@@ -280,6 +280,11 @@ def create_actor(client, key, class_name, packed, shape, *, is_async, max_concur
     extra = {"is_async": is_async, "max_concurrency": max_concurrency, "namespace": namespace}
     if job_id != FIRST_JOB:
         extra["job_id"] = job_id        # its calls run in this job (``_runtime.job_of``)
+    if concurrency_groups:
+        # The node then knows calls may run side by side (cancel, ordering).
+        extra["concurrency_groups"] = dict(concurrency_groups)
+    if strategy is not None:
+        extra["strategy"] = strategy
     spec = task_spec(_CREATE, key, class_name, packed, 0, shape, 0, False, actor_id=aid,
                      extra=extra)
     node_opts = {"name": name, "namespace": namespace, "get_if_exists": get_if_exists,
@@ -292,11 +297,11 @@ def create_actor(client, key, class_name, packed, shape, *, is_async, max_concur
     return payload
 
 
-def call_actor(client, actor_id, key, qualname, method, packed, fixed):
+def call_actor(client, actor_id, key, qualname, method, packed, fixed, extra=None):
     """ACTOR_CALL; ``fixed`` = (num_returns, retries, retry_exc) of the
-    method.  Returns its refs."""
+    method; ``extra``: e.g. the call's concurrency group.  Returns its refs."""
     n, retries, retry_exc = fixed
     spec = task_spec(_CALL, key, qualname, packed, n, (), retries, retry_exc,
-                     actor_id=actor_id, method=method)
+                     actor_id=actor_id, method=method, extra=extra)
     client.send_later((_ACTOR_CALL, spec))
     return return_refs(spec[TASK_ID], n)

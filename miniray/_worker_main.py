@@ -201,6 +201,8 @@ class Worker:
                 # No task runs: a SIGINT has nothing to cancel, so the wait
                 # need not be interruptible (and skips a poll per task).
                 wait_until(has_work, interruptible=False)
+                if not queue:        # the connection closed: this process is ending
+                    break
             msg = queue.popleft()
             if msg[0] == M.EXIT:
                 break
@@ -347,7 +349,7 @@ class Worker:
             err = TaskCancelledError(tid.hex())   # ours: the gate's KeyboardInterrupt
         else:
             retryable = _should_retry(spec, exc)
-            err = _task_error(spec[S.NAME], exc)
+            err = self.task_error(spec[S.NAME], exc)
         # A failed constructor's text: the node describes the dead actor
         # with it (it never unpickles an error).
         note = str(err) if kind == _CREATE else None
@@ -362,8 +364,25 @@ class Worker:
 
     def fail_call(self, spec, exc) -> None:
         """Fail a task that cannot run with ``exc`` (as a RayTaskError)."""
-        self.finish(spec[S.TASK_ID], self.error_results(spec, _task_error(spec[S.NAME], exc)),
+        self.finish(spec[S.TASK_ID], self.error_results(spec, self.task_error(spec[S.NAME], exc)),
                     False)
+
+    def task_error(self, name, exc):
+        """``exc`` as the RayTaskError callers get, with Ray's header facts:
+        this process, this node's IP and, in an actor, its id and repr."""
+        if isinstance(exc, RayTaskError):
+            return exc          # an error from a nested get keeps its original cause
+        st = self.state
+        actor_id = actor_repr = None
+        if st.actor_id is not None:
+            actor_id = st.actor_id.hex()
+            try:
+                actor_repr = repr(self.actor.instance) if self.actor is not None else None
+            except Exception:       # a user __repr__ may raise
+                actor_repr = None
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return RayTaskError(name, tb, exc, pid=os.getpid(), ip=self.runtime.node_ip,
+                            actor_id=actor_id, actor_repr=actor_repr)
 
     def target(self, spec):
         if spec[S.ACTOR_ID] is not None:
@@ -396,7 +415,7 @@ class Worker:
                 err = ValueError(f"task '{name}' declares num_returns={n} but returned "
                                  f"{type(value).__name__} {_short(value)}; return a tuple or "
                                  f"list of exactly {n} values")
-                return self.error_results(spec, _task_error(name, err))
+                return self.error_results(spec, self.task_error(name, err))
         results = []
         client = self.client
         written = []      # ranges ALLOC'd here: TASK_DONE seals them, or they go back
@@ -408,7 +427,7 @@ class Worker:
                 except SerializationError as exc:
                     for oid in written:
                         client.abort_alloc(oid)
-                    return self.error_results(spec, _task_error(name, exc))
+                    return self.error_results(spec, self.task_error(name, exc))
                 size = ser.encoded_size(sobj)
                 if size <= client.inline_threshold:
                     results.append((oid, VALUE, ser.to_bytes(sobj), sobj.contained_refs))
@@ -469,21 +488,6 @@ def _should_retry(spec, exc):
               f"({type(err).__name__}: {err}); the task is not retried", file=sys.stderr)
         return False
     return isinstance(exc, types)
-
-
-def _task_error(name, exc):
-    if isinstance(exc, RayTaskError):
-        # An error from a nested get keeps its original cause.
-        return exc
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    err = RayTaskError(name, tb, exc, pid=os.getpid())
-    try:
-        # The driver must be able to rebuild it: check the round trip here,
-        # where a failure can still fall back to the text.
-        ser.loads_from(ser.dumps(err))
-    except Exception:
-        err = RayTaskError(name, tb, None, pid=os.getpid())
-    return err
 
 
 def _short(value, limit=60):

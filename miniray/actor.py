@@ -21,7 +21,7 @@ carry them.  ``_actor_runtime`` runs the actor from that blob.
 
 As in Ray, every handle also has three built-in methods
 (``__ray_ready__``, ``__ray_terminate__``, ``__ray_call__``), which the
-actor's worker implements (see ``_actor_runtime.BUILTIN_METHODS``).
+actor's worker implements (``_actor_runtime``).
 """
 from __future__ import annotations
 
@@ -31,10 +31,9 @@ from . import _runtime
 from ._ids import ObjectRef
 from ._options import actor_shape, plain_str, validate_actor_options, validate_method_options
 from ._protocol import M
-from ._submit import (Signature, TaskKind, call_actor, create_actor, decode_meta, encode_meta,
-                      encode_retry_exc, forever, function_blob, pack_args, return_refs,
-                      task_spec)
-from ._task_spec import TASK_ID
+from ._scheduling_strategy import strategy_wire
+from ._submit import (Signature, call_actor, create_actor, decode_meta, encode_meta,
+                      encode_retry_exc, forever, function_blob, pack_args)
 from .exceptions import ActorExit, AsyncioActorExit
 
 __all__ = ["ActorClass", "ActorHandle", "ActorMethod", "ActorBlueprint",
@@ -262,7 +261,8 @@ class ActorClass:
             namespace=opts.get("namespace", rt.namespace), name=opts.get("name"),
             get_if_exists=opts.get("get_if_exists", False), lifetime=opts.get("lifetime"),
             max_restarts=opts.get("max_restarts") or 0, max_task_retries=max_task_retries,
-            meta=meta)
+            meta=meta, job_id=rt.job_id, concurrency_groups=self._groups,
+            strategy=strategy_wire(opts.get("scheduling_strategy")))
         return ActorHandle(ObjectRef(aid, _owned=created), meta)
 
     def __reduce__(self):
@@ -407,24 +407,11 @@ class ActorMethod:
                                         f"(signature: {self._name}{sig})") from None
                     bind = sig.bind
         packed = pack_args(client, args, kwargs, f"'{self._qualname}'", bind)
-        group = self._options.get("concurrency_group") if self._options else None
-        if group is not None:
-            return _call_in_group(client, self._handle._aid, meta["key"], self._qualname,
-                                  self._name, packed, self._fixed, group)
-        return call_actor(client, self._handle._aid, meta["key"], self._qualname,
-                          self._name, packed, self._fixed)
-
-
-def _call_in_group(client, actor_id, key, qualname, method_name, packed, fixed, group):
-    """``call_actor`` for a call made with ``.options(concurrency_group=...)``:
-    the group travels in the spec's EXTRA, where the actor's worker reads it.
-    (``call_actor`` takes no EXTRA yet; once it does, this is that call.)"""
-    n, retries, retry_exc = fixed
-    spec = task_spec(TaskKind.ACTOR_CALL, key, qualname, packed, n, (), retries, retry_exc,
-                     actor_id=actor_id, method=method_name,
-                     extra={"concurrency_group": group})
-    client.send_later((M.ACTOR_CALL, spec))
-    return return_refs(spec[TASK_ID], n)
+        opts = self._options
+        group = opts.get("concurrency_group") if opts else None
+        name = (opts.get("name") if opts else None) or self._qualname
+        return call_actor(client, self._handle._aid, meta["key"], name, self._name, packed,
+                          self._fixed, {"concurrency_group": group} if group else None)
 
 
 _sig_cache: dict = {}

@@ -246,7 +246,10 @@ def nodes() -> list:
 
 
 def get_gpu_ids() -> list:
-    return []
+    """The GPU ids held by the running task or actor (``[]`` in a driver)."""
+    rt = _runtime.current_or_none()
+    st = rt.worker_state if rt is not None else None
+    return list(st.gpu_ids) if st is not None else []
 
 
 class RuntimeContext:

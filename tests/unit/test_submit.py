@@ -13,6 +13,7 @@ import pytest
 
 import miniray
 from miniray import _runtime, _task_spec as S
+from miniray._runtime import FIRST_JOB
 from miniray._protocol import M
 from miniray._serialization import loads_from
 from miniray._submit import decode_meta, encode_retry_exc, task_spec
@@ -74,7 +75,8 @@ class FakeClient:
 @pytest.fixture
 def fake_runtime():
     client = FakeClient()
-    _runtime.set_current(types.SimpleNamespace(client=client, namespace="ns", mode="test"))
+    _runtime.set_current(types.SimpleNamespace(client=client, namespace="ns", mode="test",
+                                               job_id=FIRST_JOB))
     try:
         yield client
     finally:
