@@ -172,8 +172,7 @@ class NodeServer:
                     D.TIMER: self._arm_timer, D.PAUSE_PREFAULT: self._pause_prefault,
                     D.STOP: self._stop, D.LOG: lambda ins: log(ins[1]),
                     D.READY: self._ready, D.CONNECT: self._connect,
-                    D.SEND_ARENA: self._send_arena, D.WRITE_ARENA: self._write_arena,
-                    D.EXPECT_RAW: self._expect_raw}
+                    D.SEND_ARENA: self._send_arena, D.EXPECT_RAW: self._expect_raw}
         owner = config.get("owner_pid")
         if owner:
             try:
@@ -613,10 +612,6 @@ class NodeServer:
         conn = self.conns.get(cid)
         if conn is not None:
             conn.expect[oid] = memoryview(self._arena())[offset:offset + size]
-
-    def _write_arena(self, ins) -> None:
-        _, offset, data = ins
-        self._arena()[offset:offset + len(data)] = data
 
     def _pause_prefault(self, ins) -> None:
         self.prefault.pause()

@@ -584,10 +584,8 @@ class ClusterState:
         _, oid, kind, size, owners = msg
         st = self.st
         table = st.table
-        e = table.entries.get(oid)
-        self._learn_owners(owners)
-        if e is None or e.state == READY:
-            st.send(client, (M.REFS, [(P.R.DECREF, oid)]))
+        e = self._wanted(client, oid, owners)
+        if e is None:
             return
         try:
             table.allocate(oid, size, client)
@@ -603,56 +601,39 @@ class ClusterState:
 
     def on_data_done(self, client, msg) -> None:
         _, oid, wanted = msg
-        st = self.st
-        table = st.table
         kind, contained = self.incoming.pop(oid, (None, ()))
         client.unsealed.discard(oid)
-        e = table.entries.get(oid)
-        if kind is None or e is None or not wanted or e.writer is not client:
-            return
-        e.pulling = False
-        e.location = None
-        if e.remote_leases is None:
-            e.remote_leases = []
-        e.remote_leases.append(client.peer)
-        st.notify(e, table.seal(e, kind, None, contained))
-        table.release(e)
-
-    def sealed(self, e) -> None:
-        """``e`` became READY here: peers waiting for it get it."""
-        waiters, e.peer_waiters = e.peer_waiters, None
-        for c in waiters:
-            if not c.closed:
-                self.serve(c, e)
+        e = self.st.table.entries.get(oid)
+        if kind is not None and e is not None and wanted and e.writer is client:
+            self._arrived(client, e, kind, None, contained)
 
     def on_object(self, client, msg) -> None:
+        """A small object's bytes (a large one comes as OBJECT_META, DATA)."""
         _, oid, kind, data, owners = msg
-        st = self.st
-        table = st.table
-        e = table.entries.get(oid)
+        e = self._wanted(client, oid, owners)
+        if e is not None:
+            self._arrived(client, e, kind, data, tuple(owners))
+
+    def _wanted(self, client, oid, owners):
+        """The entry a pulled object fills, or None (nobody wants it any
+        more: the lease the owner took for us goes back)."""
         self._learn_owners(owners)
+        e = self.st.table.entries.get(oid)
         if e is None or e.state == READY:
-            # Nobody wants it any more: give the lease back.
-            st.send(client, (M.REFS, [(P.R.DECREF, oid)]))
-            return
+            self.st.send(client, (M.REFS, [(P.R.DECREF, oid)]))
+            return None
+        return e
+
+    def _arrived(self, client, e, kind, inline, contained) -> None:
+        """A pulled copy is complete here: sealed, readable zero-copy, and
+        leased from ``client``'s node until it is freed here."""
         e.pulling = False
+        e.location = None
         if e.remote_leases is None:
             e.remote_leases = []
         e.remote_leases.append(client.peer)
-        contained = tuple(owners)
-        if len(data) <= st.config["inline_threshold"]:
-            st.notify(e, table.seal(e, kind, data, contained))
-        else:
-            try:
-                table.allocate(oid, len(data), None)
-            except Exception as exc:
-                st.tasks.object_lost(e, exc)
-                return
-            st.out.append((D.WRITE_ARENA, e.offset, data))
-            st.notify(e, table.seal(e, kind, None, contained))
-        e.location = None
-        if e.peer_waiters:
-            self.sealed(e)
+        table = self.st.table
+        self.st.notify(e, table.seal(e, kind, inline, contained))
         table.release(e)
 
     def on_object_lost(self, client, msg) -> None:

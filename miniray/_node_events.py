@@ -38,7 +38,6 @@ class Do(enum.IntEnum):
     CONNECT = 12        # (CONNECT, cid, address): open an authenticated link to a peer node
     SEND_ARENA = 13     # (SEND_ARENA, cid, header, offset, size): the DATA header, then
                         #   the range's bytes as they are
-    WRITE_ARENA = 14    # (WRITE_ARENA, offset, data): copy received bytes into the arena
     EXPECT_RAW = 15     # (EXPECT_RAW, cid, oid, offset, size): that link's DATA for oid
                         #   goes straight into this arena range (then DATA_DONE)
 

@@ -31,7 +31,7 @@ from . import _protocol as P
 from .exceptions import RaySystemError
 
 __all__ = ["MAGIC", "NONCE_LEN", "DIGEST_LEN", "make_token", "digest",
-           "parse_address", "listen", "connect_client", "connect_peer"]
+           "parse_address", "listen", "connect_client"]
 
 MAGIC = b"MRAY2"
 NONCE_LEN = 32
@@ -93,33 +93,6 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
         chunks.append(data)
         n -= len(data)
     return b"".join(chunks)
-
-
-def connect_peer(address: str, token: bytes, *, timeout: float = 5.0) -> socket.socket:
-    """A node's link to another node: connected and authenticated both ways
-    (no frame is exchanged yet).  Blocking, with ``timeout``."""
-    family, sockaddr = parse_address(address)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(sockaddr)
-        if family == socket.AF_INET:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        challenge = _recv_exact(sock, CHALLENGE_LEN)
-        if challenge[:len(MAGIC)] != MAGIC:
-            raise ConnectionError(f"{address} is not a miniray node of this version")
-        node_nonce = challenge[len(MAGIC):]
-        client_nonce = os.urandom(NONCE_LEN)
-        sock.sendall(client_nonce + client_proof(token, node_nonce, client_nonce))
-        proof = _recv_exact(sock, DIGEST_LEN)
-        if not hmac.compare_digest(proof, node_proof(token, node_nonce, client_nonce)):
-            raise ConnectionError(f"the process at {address} could not prove it holds this "
-                                  f"cluster's token")
-        sock.settimeout(None)
-        return sock
-    except BaseException:
-        sock.close()
-        raise
 
 
 def connect_client(address: str, token: bytes, hello: tuple, *, timeout: float = 10.0):
