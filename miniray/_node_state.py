@@ -32,7 +32,7 @@ from . import _protocol as P
 from . import _task_spec as S
 from ._node_actors import ActorManager
 from ._node_cluster import ClusterState
-from ._node_events import Ev, Do, E, D  # noqa: F401 (Ev, Do: re-exported for the server and tests)
+from ._node_events import E, D
 from ._node_tasks import TaskManager
 from ._object_table import ObjectTable, READY, CREATING
 from ._scheduler import ResourcePool, ReadyQueues

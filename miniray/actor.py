@@ -30,7 +30,6 @@ import inspect
 from . import _runtime
 from ._ids import ObjectRef
 from ._options import actor_shape, plain_str, validate_actor_options, validate_method_options
-from ._protocol import M
 from ._scheduling_strategy import strategy_wire
 from ._submit import (Signature, call_actor, create_actor, decode_meta, encode_meta,
                       encode_retry_exc, forever, function_blob, pack_args)

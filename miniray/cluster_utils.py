@@ -15,7 +15,6 @@ benchmarks and trying multi-node programs on one machine::
 """
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time

@@ -147,6 +147,16 @@ def _no_runtime_leaks_between_tests(request):
         pytest.fail("the test left a runtime running (it was shut down and checked)")
 
 
+def node_stats() -> dict:
+    """The node's counters (objects, workers, tasks...) for the running runtime."""
+    return miniray._runtime.current().client.query(Query.STATS)
+
+
+def object_info(oid):
+    """What the node's table holds for ``oid`` (None when it is gone)."""
+    return miniray._runtime.current().client.query(Query.OBJECT_INFO, oid)
+
+
 def wait_for(cond, timeout=10.0, interval=0.02) -> bool:
     """Poll ``cond`` until it is true or ``timeout`` passes; its last value."""
     deadline = time.monotonic() + timeout

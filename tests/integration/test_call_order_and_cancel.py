@@ -7,7 +7,7 @@ import pytest
 
 import miniray
 from miniray.exceptions import TaskCancelledError
-from tests.conftest import wait_for
+from tests.conftest import node_stats as stats, wait_for
 
 
 @miniray.remote
@@ -89,6 +89,3 @@ def test_cancel_not_recursive_leaves_children_running(ray_start):
     time.sleep(0.5)
     assert stats()["tasks"] == 1
 
-
-def stats():
-    return miniray._runtime.current().client.query(miniray._protocol.Q.STATS)

@@ -1,14 +1,7 @@
 """`miniray start/status/stop`, joining a running node, detached actors."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
-import pytest
-
-from tests.conftest import assert_clean, run_driver, wait_gone  # noqa: F401 (cluster fixture)
+from tests.conftest import run_driver
 
 
 def test_start_status_stop(cluster):

@@ -21,23 +21,14 @@ import numpy as np
 import pytest
 
 import miniray
-from miniray._protocol import Query
 from miniray.exceptions import GetTimeoutError, TaskCancelledError
-from tests.conftest import run_driver, wait_for
+from tests.conftest import node_stats as stats, object_info, run_driver, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def client():
     return miniray._runtime.current().client
-
-
-def object_info(oid):
-    return client().query(Query.OBJECT_INFO, oid)
-
-
-def stats():
-    return client().query(Query.STATS)
 
 
 @miniray.remote

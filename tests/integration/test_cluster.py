@@ -175,7 +175,7 @@ def test_named_actor_found_from_another_node(local_cluster):
 
 def test_actor_ends_on_its_node_when_its_handles_go(local_cluster):
     import gc
-    c = local_cluster(1, {"num_cpus": 1, "resources": {"B": 1}})
+    local_cluster(1, {"num_cpus": 1, "resources": {"B": 1}})
     a = Where.options(num_cpus=1, resources={"B": 1}).remote()
     miniray.get(a.node.remote(), timeout=30)
     del a

@@ -12,7 +12,6 @@ import pytest
 
 from miniray import _protocol as P
 from miniray import _serialization as ser
-from miniray import _task_spec as S
 from miniray._transport import (MAGIC, NONCE_LEN, DIGEST_LEN, client_proof, connect_client,
                                 node_proof, parse_address)
 from tests.conftest import run_driver

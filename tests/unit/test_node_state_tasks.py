@@ -10,7 +10,7 @@ import pytest
 
 from miniray import _task_spec as S
 from miniray._node_state import IDLE_CHECK_S, D, E
-from miniray.exceptions import ObjectLostError, TaskCancelledError, TaskUnschedulableError
+from miniray.exceptions import ObjectLostError, TaskCancelledError
 
 from .node_harness import (ERROR, FN_BLOB, SEND, VALUE, M, Node, error_results, execute,
                            new_oid, ret, spec, values)
