@@ -84,6 +84,9 @@ class _Reply:
         self.done = True
 
 
+_ABSENT = object()     # not among the fetched payloads
+
+
 class CoreClient:
     def __init__(self, address: str, token: bytes, role: str, *, worker_id=None, info=None,
                  on_push=None):
@@ -301,8 +304,8 @@ class CoreClient:
     def release_payloads(self, pairs) -> None:
         """Release the arena views of ``(oid, (kind, data))`` payloads that
         a reply handed out but nobody decoded."""
-        for oid, (kind, data) in pairs:
-            if type(data) is not bytes:
+        for oid, payload in pairs:
+            if payload is not None and type(payload[1]) is not bytes:
                 self._unpin(oid)
 
     # -- the ref tracker (called from ObjectRef) -------------------------------------------
@@ -504,8 +507,10 @@ class CoreClient:
             error = None
             try:
                 for oid in oids:
-                    payload = fetched.pop(oid, None)
-                    if payload is not None:
+                    payload = fetched.pop(oid, _ABSENT)
+                    if payload is None or (payload is _ABSENT and oid not in known):
+                        continue        # not ready: the node answered early, one failed
+                    if payload is not _ABSENT:
                         kind, data = payload
                         value = self.decode(oid, kind, data)          # pinned by the node
                     else:
@@ -525,7 +530,7 @@ class CoreClient:
         known = self.known_values
         ready = self.known_ready
         for oid, payload in zip(oids, payloads):
-            if oid in refs:
+            if payload is not None and oid in refs:
                 ready.add(oid)
                 known[oid] = payload
 

@@ -41,6 +41,7 @@ from .exceptions import ObjectLostError, ObjectStoreFullError, RaySystemError
 
 M = P.M
 SEND = D.SEND
+ERROR = P.K.ERROR
 IDLE_CHECK_S = 2.0      # how often extra idle workers are looked at
 IDLE_EXIT_S = 10.0      # how long an extra worker may stay idle
 LARGE_WRITE = 8 * 2**20  # an ALLOC this large pauses the prefault
@@ -107,7 +108,9 @@ class Waiter:
         if self.is_wait:
             if len(self.oids) - self.left >= self.num_returns:
                 st.finish_wait(self)
-        elif self.left <= 0:
+        elif self.left <= 0 or entry.kind == ERROR:
+            # A failed object answers the get at once (as Ray raises the
+            # first error as soon as it is known); the others come as None.
             st.finish_get(self)
 
 
@@ -468,9 +471,12 @@ class NodeState:
                 f"reference to it was left, or the process that made it died before sealing it")))
             return
         w = None
+        failed = False
         for oid in oids:
             e = entries[oid]
-            if e.state != READY:
+            if e.state == READY:
+                failed = failed or e.kind == ERROR
+            else:
                 if w is None:
                     w = Waiter(client, rid, oids, 0, False)
                 w.left += 1
@@ -484,6 +490,8 @@ class NodeState:
             self.send(client, (M.REPLY, rid, True, [payload_for(client, entries[o]) for o in oids]))
             return
         self._start_waiting(client, w)
+        if failed:
+            self.finish_get(w)
 
     def _start_waiting(self, client, w) -> None:
         client.waiters.add(w)
@@ -506,7 +514,11 @@ class NodeState:
                     self.tasks.worker_unblocked(worker)
 
     def finish_get(self, w) -> None:
+        """Answer a GET: a payload per object, None for those not ready
+        (only when one of them failed)."""
         self._end_waiting(w)
+        if w.left > 0:
+            self._drop_from_entries(w)
         entries = self.table.entries
         client = w.client
         for oid in w.oids:
@@ -517,7 +529,9 @@ class NodeState:
                     f"reference to it was dropped meanwhile")))
                 return
         payload_for = self.payload_for
-        self.send(client, (M.REPLY, w.rid, True, [payload_for(client, entries[o]) for o in w.oids]))
+        self.send(client, (M.REPLY, w.rid, True, [
+            payload_for(client, e) if e.state == READY else None
+            for e in map(entries.__getitem__, w.oids)]))
 
     def on_wait(self, client, msg) -> None:
         _, rid, oids, num_returns = msg

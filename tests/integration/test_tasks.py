@@ -342,3 +342,20 @@ def test_max_calls_replaces_the_worker_after_n_runs(ray_factory):
     pids = [ray.get(pid.remote(), timeout=30) for _ in range(6)]
     assert all(pids.count(p) <= 2 for p in pids), pids
     assert len(set(pids)) >= 3
+
+
+def test_get_raises_the_first_error_without_waiting_for_the_rest(ray_start):
+    @miniray.remote
+    def fail():
+        raise ValueError("early")
+
+    @miniray.remote
+    def slow():
+        time.sleep(30)
+
+    pending = slow.remote()
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="early"):
+        miniray.get([pending, fail.remote()], timeout=20)
+    assert time.monotonic() - t0 < 10
+    miniray.cancel(pending, force=True)

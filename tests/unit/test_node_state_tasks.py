@@ -465,3 +465,20 @@ def test_pool_of_num_cpus_is_never_reaped():
     n = Node(num_cpus=2).pool()
     assert n.handle((E.TIMER, "reap", 1000.0)) == [(D.TIMER, IDLE_CHECK_S, "reap")]
 
+
+
+def test_get_answers_as_soon_as_one_object_failed():
+    n = Node(num_cpus=2).pool()
+    d = n.driver()
+    failing, slow = spec(), spec()
+    n.submit(d, failing)
+    n.submit(d, slow)
+    assert n.get(d, 7, [ret(slow), ret(failing)]) == []
+    wa = n.st.tasks.tasks[failing[S.TASK_ID]].worker.wid
+    out = n.msgs(n.wc(wa), (M.TASK_DONE, failing[S.TASK_ID],
+                            error_results(failing, ValueError("boom")), False, None))
+    replies = [ins[2] for ins in out if ins[:2] == (SEND, d)]
+    assert len(replies) == 1 and replies[0][:3] == (M.REPLY, 7, True)
+    assert replies[0][3][0] is None and replies[0][3][1][0] == ERROR
+    # The slow task's result no longer has this GET waiting on it.
+    assert not n.entry(ret(slow)).waiters
