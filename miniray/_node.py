@@ -164,6 +164,7 @@ class NodeServer:
         self.procs: dict[int, Proc] = {}        # wid -> worker process
         self.events: list = []
         self.timers: list = []                  # (when, name)
+        self.next_due = None                    # the earliest timer's time
         self.pokes: list = []                   # Procs to SIGUSR1 after the flush
         self.stopping = False
         self._cids = itertools.count(1)
@@ -189,21 +190,25 @@ class NodeServer:
         self.prefault.start()
         sel = self.sel
         events = self.events
+        monotonic = time.monotonic
         while not self.stopping:
-            timeout = None
-            if self.timers:
-                timeout = max(0.0, min(t[0] for t in self.timers) - time.monotonic())
+            # The loop runs once per batch of messages: nothing here may cost
+            # more than a comparison unless it is due.
             if self.dirty or events:
                 timeout = 0
+            elif self.next_due is None:
+                timeout = None
+            else:
+                timeout = max(0.0, self.next_due - monotonic())
             for key, mask in sel.select(timeout):
                 key.data(mask)
-            if self.timers:
-                now = time.monotonic()
+            if self.next_due is not None and monotonic() >= self.next_due:
+                now = monotonic()
                 self._check_dials()
                 due = [t for t in self.timers if t[0] <= now]
-                if due:
-                    self.timers = [t for t in self.timers if t[0] > now]
-                    events.extend((E.TIMER, name, now) for _, name in due if name)
+                self.timers = [t for t in self.timers if t[0] > now]
+                self.next_due = min((t[0] for t in self.timers), default=None)
+                events.extend((E.TIMER, name, now) for _, name in due if name)
             done = self.prefault.done_upto
             if done != self.prefault_seen:
                 self.prefault_seen = done
@@ -513,7 +518,10 @@ class NodeServer:
             self._arm_timer((D.TIMER, 0.01, None))   # come back soon
 
     def _arm_timer(self, ins) -> None:
-        self.timers.append((time.monotonic() + ins[1], ins[2]))
+        when = time.monotonic() + ins[1]
+        self.timers.append((when, ins[2]))
+        if self.next_due is None or when < self.next_due:
+            self.next_due = when
 
     def _ready(self, ins) -> None:
         """The node serves (and joined its cluster): tell whoever started it,
@@ -546,7 +554,7 @@ class NodeServer:
         conn.dialing = [address, b"", None, time.monotonic() + DIAL_TIMEOUT_S]
         self.conns[cid] = conn
         self.sel.register(sock, EVENT_READ, lambda m, c=conn: self._on_conn(c, m))
-        self.timers.append((conn.dialing[3], None))
+        self._arm_timer((D.TIMER, DIAL_TIMEOUT_S, None))
 
     def _check_dials(self) -> None:
         """A peer that never completes the handshake fails its link in

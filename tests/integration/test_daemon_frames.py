@@ -204,3 +204,29 @@ def test_client_never_reads_a_pickle_from_a_node_without_the_token(tmp_path):
         t.join(10)
         listener.close()
     assert not marker.exists()
+
+
+def test_pickle_sent_before_auth_never_runs_and_10k_frames_do_not_stop_the_node(raw, tmp_path):
+    client, (_, env, info) = raw
+    marker = tmp_path / "ran"
+    family, sockaddr = parse_address(info["address"])
+    # A peer that skips the handshake and sends a code-running pickle.
+    for _ in range(3):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(sockaddr)
+        s.recv(len(MAGIC) + NONCE_LEN)
+        evil = pickle.dumps(Explosive(str(marker)), 5)
+        try:
+            s.sendall(struct.pack("<I", len(evil)) + evil + os.urandom(64))
+            assert s.recv(1 << 16) == b""           # closed, nothing answered
+        except ConnectionResetError:
+            pass
+        s.close()
+    assert not marker.exists(), "the node unpickled bytes from an unauthenticated peer"
+    # 10k random frames from an authenticated client: each one answered, none fatal.
+    for i in range(10_000):
+        client.send_raw(os.urandom(16 + i % 64))
+    for _ in range(10_000):
+        assert client.next()[0] == M.BAD_FRAME
+    client.query_stats(1)
