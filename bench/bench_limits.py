@@ -21,6 +21,7 @@ import mmap
 import os
 import subprocess
 import tempfile
+import time
 import sys
 import threading
 
@@ -228,11 +229,20 @@ def hugepages(quick=False):
                 miniray.shutdown()
         return out
     finally:
-        if mounted:
-            subprocess.run(["umount", mnt], capture_output=True)
-        os.rmdir(mnt)
-        with open(path, "w") as f:
-            f.write(str(old))
+        # The runtime's processes may hold the arena file for a moment after
+        # shutdown(): retry the unmount, and restore the reservation whatever
+        # happens (it pins RAM).
+        try:
+            for _ in range(50):
+                if not mounted or subprocess.run(["umount", mnt], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.1)
+            os.rmdir(mnt)
+        except OSError:
+            pass
+        finally:
+            with open(path, "w") as f:
+                f.write(str(old))
 
 
 def bench_limits(quick=False):
