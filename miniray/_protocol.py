@@ -199,6 +199,7 @@ class _DaemonUnpickler(pickle.Unpickler):
 
 
 _OWN_ENUMS = {c.__name__: c for c in (Msg, RefOp, Kind, Query)}
+_PICKLE_START = b"\x80\x05"      # PROTO 5 (what ``encode`` always writes)
 
 
 def decode_untrusted(data):
@@ -208,6 +209,15 @@ def decode_untrusted(data):
     message with stand-ins for those classes (its tag and request id still
     say which request to fail), and one that cannot be decoded at all
     becomes ``(M.BAD_FRAME, why, None)``."""
+    # Every frame ``encode`` makes starts with PROTO 5 (and a FRAME opcode
+    # whose length fits the frame, if any).  Garbage rarely does: checking it first
+    # keeps random bytes away from the unpickler, where a stray PUT opcode
+    # with a huge memo index can allocate gigabytes and stall the daemon.
+    # (A token holder can still craft one: the token is the trust boundary.)
+    if data[:2] != _PICKLE_START or (data[2:3] == b"\x95" and (
+            len(data) < 11 or int.from_bytes(data[3:11], "little") > len(data) - 11)):
+        return (M.BAD_FRAME, f"undecodable frame of {len(data)} bytes (it does not start "
+                             f"as a miniray message does)", None)
     u = _DaemonUnpickler(io.BytesIO(data))
     u.foreign = []
     try:
