@@ -546,9 +546,9 @@ _KBINT_ANYWHERE = """
         except BaseException as exc:
             errors.append(repr(exc))
             break
-    lt.join(5)
+    lt.join(20)                        # generous: a loaded CI machine is slow, a hang is not
     try:
-        after = miniray.get(f.remote(7), timeout=10)
+        after = miniray.get(f.remote(7), timeout=20)
     except BaseException as exc:
         after = repr(exc)
     print("errors", errors + leads["errors"], "after", after, "leader alive", lt.is_alive(),
@@ -557,6 +557,7 @@ _KBINT_ANYWHERE = """
 """
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("seed", [1, 2])
 def test_keyboard_interrupt_anywhere_keeps_the_client_whole(seed):
     """Ctrl-C at random calls and returns of the main thread (thousands of
@@ -564,7 +565,7 @@ def test_keyboard_interrupt_anywhere_keeps_the_client_whole(seed):
     re-taking the reader's lock, registering as a follower, counting refs,
     finalizers.  No error but KeyboardInterrupt, no thread left hanging, no
     exception swallowed in a ``__del__``, and the client works after."""
-    proc = run_driver(_KBINT_ANYWHERE, timeout=45, env={"SEED": str(seed)})
+    proc = run_driver(_KBINT_ANYWHERE, timeout=90, env={"SEED": str(seed)})
     assert "errors [] after 7 leader alive False" in proc.stdout, (
         proc.stdout + proc.stderr[-3000:])
     assert "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
