@@ -310,12 +310,28 @@ class ClusterState:
         st = self.st
         aid = spec[S.ACTOR_ID]
         c = self.link(node_id)
+        if c is None:
+            raise RaySystemError(f"node {node_id}, chosen for the actor, is gone; create it "
+                                 f"again")
         table = st.table
         e = table.hold(client.held, aid)
         e.kind = P.K.ACTOR_HANDLE
         e.state = READY
         e.location = node_id
         self.actor_nodes[aid] = node_id
+        st.send(c, (M.FORWARD_ACTOR, spec, opts) + self._shipment(spec, node_id))
+        st.send(client, (M.REPLY, rid, True, (aid, opts.get("meta"), True)))
+
+    def on_forward_actor(self, client, msg) -> None:
+        _, spec, opts, owners, blob, serializers = msg
+        self._unpack_shipment(client, spec, owners, blob, serializers)
+        self.st.actors.on_create(client, (M.ACTOR_CREATE, None, spec, opts))
+
+    def _shipment(self, spec, node_id) -> tuple:
+        """What travels with a spec to another node: the owner of every
+        object id it names, the function's code the first time that node
+        gets it, and the custom serializers."""
+        st = self.st
         owners = {oid: self.owner_of(oid) for oid in st.tasks._pinned(spec)}
         key = spec[S.FN_KEY]
         sent = self.code_sent.setdefault(node_id, set())
@@ -323,18 +339,15 @@ class ClusterState:
         if key not in sent:
             blob = st.functions.get(key)
             sent.add(key)
-        st.send(c, (M.FORWARD_ACTOR, spec, opts, owners, blob, st.serializers))
-        st.send(client, (M.REPLY, rid, True, (aid, opts.get("meta"), True)))
+        return owners, blob, st.serializers
 
-    def on_forward_actor(self, client, msg) -> None:
-        _, spec, opts, owners, blob, serializers = msg
+    def _unpack_shipment(self, client, spec, owners, blob, serializers) -> None:
         st = self.st
         if blob is not None:
             st.functions[spec[S.FN_KEY]] = blob
         if serializers is not None and serializers != st.serializers:
             st.on_serializers(client, (M.SERIALIZERS, serializers))
         self._learn_owners(owners)
-        st.actors.on_create(client, (M.ACTOR_CREATE, None, spec, opts))
 
     def actor_created(self, aid, name, namespace, meta, node_id=True) -> None:
         """Tell the head where an actor lives (and its name), so handles
@@ -424,15 +437,7 @@ class ClusterState:
         if c is None:
             return False
         st = self.st
-        owners = {}
-        for oid in st.tasks._pinned(t.spec):
-            owners[oid] = self.owner_of(oid)
-        key = t.spec[S.FN_KEY]
-        sent = self.code_sent.setdefault(node_id, set())
-        blob = None
-        if key not in sent:
-            blob = st.functions.get(key)
-            sent.add(key)
+        shipment = self._shipment(t.spec, node_id)
         t.state = "remote"
         self.forwarded[t.tid] = node_id
         # Count it against the node's free resources until its next status
@@ -440,7 +445,7 @@ class ClusterState:
         avail = self.nodes[node_id].available
         for k, v in t.shape:
             avail[k] = avail.get(k, 0.0) - v
-        st.send(c, (M.FORWARD, t.spec, owners, blob, st.serializers))
+        st.send(c, (M.FORWARD, t.spec) + shipment)
         return True
 
     def owner_of(self, oid) -> str:
@@ -452,11 +457,7 @@ class ClusterState:
         """A peer's task: run it here as if submitted by the peer."""
         _, spec, owners, blob, serializers = msg
         st = self.st
-        if blob is not None:
-            st.functions[spec[S.FN_KEY]] = blob
-        if serializers is not None and serializers != st.serializers:
-            st.on_serializers(client, (M.SERIALIZERS, serializers))
-        self._learn_owners(owners)
+        self._unpack_shipment(client, spec, owners, blob, serializers)
         if spec[S.ACTOR_ID] is not None:
             st.actors.on_call(client, (M.ACTOR_CALL, spec), origin=client)
             return
