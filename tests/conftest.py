@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -174,7 +175,15 @@ def run_driver(code: str, timeout=60, env=None):
     if env:
         full_env.update(env)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
+                          text=True, timeout=timeout, env=full_env, preexec_fn=_default_sigint)
+
+
+def _default_sigint():
+    # A driver started from a terminal has SIGINT at its default, so Python
+    # turns it into KeyboardInterrupt.  A test run launched in the
+    # background (``cmd &`` in a script) inherits it ignored, and Python
+    # then leaves it ignored: the Ctrl-C tests would send signals nobody sees.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture
