@@ -239,14 +239,17 @@ class ActorClass:
         rt = _runtime.current_or_init()
         client = rt.client
         methods = self._methods
-        if self._key is None:
+        sig = self._sig
+        if sig is None:
+            # Threads may create the first actor at once: the signature is
+            # set last, and is what the others test.
             shipped = ActorBlueprint(self._cls, self._groups) if self._groups else self._cls
             self._key, self._blob = function_blob(shipped, f"actor class '{self._name}'")
-            self._sig = Signature(self._cls)
             _local_classes[self._key] = self._cls
-        self._sig.check(self._name, args, kwargs)
+            sig = self._sig = Signature(self._cls)
+        sig.check(self._name, args, kwargs)
         client.register_function(self._key, self._blob)
-        packed = pack_args(client, args, kwargs, f"{self._name}.__init__", self._sig.bind)
+        packed = pack_args(client, args, kwargs, f"{self._name}.__init__", sig.bind)
         max_task_retries = opts.get("max_task_retries") or 0
         is_async = self._is_async
         meta = encode_meta({"class_name": self._name, "key": self._key,

@@ -79,12 +79,15 @@ class RemoteFunction:
     def _submit(self, args, kwargs, fixed, task_name):
         rt = _runtime.current_or_init()
         client = rt.client
-        if self._key is None:
+        sig = self._sig
+        if sig is None:
+            # Threads may submit the first call at once: the signature is
+            # set last, and is what the others test.
             self._key, self._blob = function_blob(self._function, f"remote function '{self._name}'")
-            self._sig = Signature(self._function)
-        self._sig.check(self._name, args, kwargs)
+            sig = self._sig = Signature(self._function)
+        sig.check(self._name, args, kwargs)
         client.register_function(self._key, self._blob)
-        packed = pack_args(client, args, kwargs, f"'{self._name}'", self._sig.bind)
+        packed = pack_args(client, args, kwargs, f"'{self._name}'", sig.bind)
         # (A runtime stand-in in unit tests has no job: it counts as the first.)
         job = getattr(rt, "job_id", _runtime.FIRST_JOB)
         return submit_task(client, self._key, task_name, packed, fixed, rt.namespace, job)

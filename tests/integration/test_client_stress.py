@@ -377,3 +377,38 @@ def test_node_killed_while_eight_threads_wait(ray_start):
     assert len(results) == 8, f"waiters that never returned: {results}\n{dump_threads()}"
     bad = {k: v for k, v in results.items() if v[0] != "NodeDiedError" or v[1] > 10}
     assert not bad, f"expected NodeDiedError within 10 s for every waiter: {results}"
+
+
+def test_threads_making_the_first_call_of_a_function_at_once(ray_factory):
+    """The first call registers the function and its signature: threads
+    racing into it all submit (one saw the key set, the signature not yet)."""
+    ray_factory(num_cpus=1)
+    for round_ in range(10):
+        def body(x, round_=round_):
+            return x + round_
+        f = miniray.remote(body)
+
+        class Box:
+            def __init__(self, v):
+                self.v = v
+
+            def get(self):
+                return self.v
+        A = miniray.remote(num_cpus=0)(Box)
+        start = threading.Barrier(6)
+        results, errors = [], []
+
+        def go(i):
+            try:
+                start.wait()
+                results.append(miniray.get(f.remote(i), timeout=30))
+                results.append(miniray.get(A.remote(i).get.remote(), timeout=30) + round_)
+            except BaseException as exc:
+                errors.append(repr(exc))
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert sorted(results) == sorted([i + round_ for i in range(6)] * 2)
