@@ -9,6 +9,7 @@ Drivers and workers both talk to the node through one ``CoreClient``:
        └─ _handle: REPLY       -> the waiting caller's slot (by request id)
                    SERIALIZERS -> the serializer registry
                    BAD_FRAME   -> stderr ("miniray: ...")
+                   OUTPUT      -> a task's prints, to sys.stdout/err (``_task_output``)
                    the rest    -> ``on_push`` (the worker's task queue)
 
 Who reads: one ``SocketReader`` (``_client_reader``) owns the receiving
@@ -56,6 +57,7 @@ from ._client_gate import gate as _gate
 from ._client_reader import SocketReader
 from ._ids import set_ref_tracker
 from ._store.arena import Arena
+from ._task_output import show as show_output
 from ._transport import connect_client
 from .exceptions import (NodeDiedError, ObjectStoreFullError, RayTaskError, GetTimeoutError)
 
@@ -107,6 +109,7 @@ class CoreClient:
             os.close(extra)
         self._send_lock = threading.Lock()
         self._later = bytearray()     # frames from send_later, not yet sent
+        self._soon = deque()          # frames from send_nowait that found the lock taken
         self._last_later = 0.0
         self._io_napping = True       # the io thread sleeps in a long poll: wake it
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -157,7 +160,7 @@ class CoreClient:
             with self._send_lock:
                 if self.broken is not None:
                     raise type(self.broken)(str(self.broken))
-                if self._later or self._ops or self._drops:
+                if self._later or self._ops or self._drops or self._soon:
                     frame = self._take_pending() + frame
                 err = self._write(frame)
             if err is not None:
@@ -202,12 +205,46 @@ class CoreClient:
                 self._io_napping = False
                 os.eventfd_write(self._wake, 1)
 
+    def send_nowait(self, msg) -> None:
+        """Send ``msg`` now if no thread is sending, else queue it for the
+        io thread (woken at once); it goes before anything sent later.
+        Never waits for the send lock, so code that may run while this very
+        thread holds it (a finalizer, a signal handler) can call it: a
+        worker's prints (``_task_output``)."""
+        frame = _encode(msg)
+        err = None
+        with _gate:
+            if not self._send_lock.acquire(False):
+                self._soon.append(frame)
+                os.eventfd_write(self._wake, 1)
+                return
+            try:
+                if self.broken is not None:
+                    raise type(self.broken)(str(self.broken))
+                if self._later or self._ops or self._drops or self._soon:
+                    frame = self._take_pending() + frame
+                err = self._write(frame)
+            finally:
+                self._send_lock.release()
+            if err is not None:
+                raise self._mark_broken(err) from None
+
+    def _take_soon(self) -> bytes:
+        soon = self._soon
+        pop = soon.popleft
+        parts = []
+        while soon:
+            parts.append(pop())
+        return b"".join(parts)
+
     def _take_pending(self) -> bytes:
         """Queued submits, then queued ref ops.  Releases go after the
         submits queued before them: a submit pins its args before the
         node can see this process drop them."""
         data = bytes(self._later)
         self._later.clear()
+        if self._soon:
+            data = self._take_soon() + data
         if self._drops:
             self._count_drops()
         if self._ops:
@@ -222,7 +259,8 @@ class CoreClient:
             if not self._send_lock.acquire(wait):
                 return
             try:
-                if (self._later or self._ops or self._drops) and self.broken is None:
+                if (self._later or self._ops or self._drops or self._soon) and \
+                        self.broken is None:
                     err = self._write(self._take_pending())
             finally:
                 self._send_lock.release()
@@ -230,7 +268,7 @@ class CoreClient:
                 self._mark_broken(err)
 
     def flush_refs(self) -> None:
-        if (self._ops or self._later or self._drops) and self.broken is None:
+        if (self._ops or self._later or self._drops or self._soon) and self.broken is None:
             self.flush_later(wait=False)
 
     def _drain_ops(self) -> bytes:
@@ -625,7 +663,7 @@ class CoreClient:
                 else:
                     events = poller.poll(200)
                 if not events:
-                    if self._ops or self._later or self._drops:
+                    if self._ops or self._later or self._drops or self._soon:
                         self.flush_later()
                     continue
                 for fd, _ in events:
@@ -678,6 +716,8 @@ class CoreClient:
                 _say(f"could not apply the custom serializers registered in another "
                      f"process ({type(exc).__name__}: {exc}); values using them will "
                      f"fail to decode here")
+        elif tag == M.OUTPUT:
+            show_output(msg, self.node_id)     # a task's prints, before its result
         elif tag == M.BAD_FRAME or tag == M.WARNING:
             # BAD_FRAME: the node could not decode or handle a frame we sent
             # (a bug on one side); it dropped that frame only, so carry on,

@@ -29,7 +29,8 @@ from . import _task_spec as S
 from ._object_table import READY
 from ._scheduler import gpu_amount
 from ._task_kind import TaskKind
-from .exceptions import ActorDiedError, ActorUnschedulableError, TaskCancelledError
+from .exceptions import (ActorDiedError, ActorUnschedulableError, RaySystemError,
+                         TaskCancelledError)
 
 M = P.M
 ACTOR_CREATE = TaskKind.ACTOR_CREATE
@@ -85,30 +86,63 @@ class ActorManager:
         self.named: dict[tuple, bytes] = {}
         self.placing: deque = deque()
 
+    def _name_taken(self, client, rid, opts, aid, meta) -> None:
+        name = opts.get("name")
+        if opts.get("get_if_exists"):
+            self.st.send(client, (M.REPLY, rid, True, (aid, meta, False)))
+            return
+        self.st.send(client, (M.REPLY, rid, False, ValueError(
+            f"an actor named '{name}' already exists in namespace "
+            f"'{opts.get('namespace')}'. Use miniray.get_actor('{name}') to get it, or "
+            f".options(name='{name}', get_if_exists=True) to create it only if missing.")))
+
+    def _claimed(self, client, msg, ok, taken) -> None:
+        """The head answered a name claim: create the actor, or say whose
+        the name is."""
+        _, rid, spec, opts = msg
+        if not ok:
+            self.st._request_failed(client, msg, RaySystemError(
+                f"the head could not reserve the actor name '{opts.get('name')}': {taken}"))
+        elif taken is not None:
+            self._name_taken(client, rid, opts, *taken)
+        elif client.closed:
+            self.st.cluster.actor_gone(spec[S.ACTOR_ID])     # give the name back
+        else:
+            try:
+                self.on_create(client, msg, claimed=True)
+            except Exception as exc:        # that request fails, not the head's reply
+                self.st._request_failed(client, msg, exc)
+
     def count_alive(self) -> int:
         return sum(1 for a in self.actors.values() if a.state != "dead")
 
     # -- creation ---------------------------------------------------------------------
-    def on_create(self, client, msg) -> None:
+    def on_create(self, client, msg, claimed=False) -> None:
         _, rid, spec, opts = msg
         st = self.st
         name = opts.get("name")
         key = (opts.get("namespace"), name)
+        aid = spec[S.ACTOR_ID]
+        cluster = st.cluster
         if name:
             existing = self.actors.get(self.named.get(key))
             if existing is not None and existing.state != "dead":
-                if opts.get("get_if_exists"):
-                    st.send(client, (M.REPLY, rid, True, (existing.aid, existing.meta, False)))
-                    return
-                st.send(client, (M.REPLY, rid, False, ValueError(
-                    f"an actor named '{name}' already exists in namespace "
-                    f"'{opts.get('namespace')}'. Use miniray.get_actor('{name}') to get it, or "
-                    f".options(name='{name}', get_if_exists=True) to create it only if missing.")))
+                self._name_taken(client, rid, opts, existing.aid, existing.meta)
                 return
-        aid = spec[S.ACTOR_ID]
+            if cluster.enabled and client.role != "node" and not claimed:
+                # Names are unique in the whole cluster: the head keeps them.
+                if not cluster.is_head:
+                    cluster.ask_head_then(P.Q.CLAIM_ACTOR_NAME, (
+                        name, opts.get("namespace"), aid, opts.get("meta"), cluster.node_id),
+                        lambda ok, taken: self._claimed(client, msg, ok, taken))
+                    return
+                taken = cluster.claim_name(aid, name, opts.get("namespace"), opts.get("meta"),
+                                           cluster.node_id)
+                if taken is not None:
+                    self._name_taken(client, rid, opts, *taken)
+                    return
         if aid in self.actors:
             raise ValueError(f"actor id {aid.hex()} is already in use")
-        cluster = st.cluster
         if cluster.enabled and client.role != "node":
             where = cluster.place_shape(spec[S.RESOURCES], spec[S.EXTRA])
             if where not in (None, "infeasible"):

@@ -29,22 +29,29 @@ client id the state picks, negative so it never meets the server's).
 """
 from __future__ import annotations
 
+from collections import deque
+
 from . import _protocol as P
 from . import _task_spec as S
 from ._node_events import D
 from ._object_table import READY
-from .exceptions import ObjectLostError, RaySystemError
+from .exceptions import ObjectLostError, RaySystemError  # noqa: F401
 
 M = P.M
 HEARTBEAT_S = 0.5       # status to the head, view to the nodes
 DEAD_AFTER_S = 3.0      # silence after which the head declares a node dead (< 5 s)
+# Arguments smaller than this together are cheaper to move than to chase.
+LOCALITY_MIN_BYTES = 1 << 20
+# Bytes of objects streaming into a node at once (a larger object still goes,
+# alone): pulls beyond it wait, so many at once cannot fill the store.
+MAX_INCOMING_BYTES = 512 << 20
 
 
 class NodeInfo:
     __slots__ = ("node_id", "address", "ip", "total", "available", "alive", "is_head",
-                 "last_seen", "queued")
+                 "last_seen", "queued", "index")
 
-    def __init__(self, node_id, address, ip, total, is_head, now):
+    def __init__(self, node_id, address, ip, total, is_head, now, index=0):
         self.node_id = node_id
         self.address = address
         self.ip = ip
@@ -54,10 +61,13 @@ class NodeInfo:
         self.is_head = is_head
         self.last_seen = now
         self.queued = 0
+        # Numbered by the head as nodes register (the head is 0): the high
+        # 16 bits of a job id made on this node (see ``output_route``).
+        self.index = index
 
     def row(self) -> tuple:
         return (self.node_id, self.address, self.ip, self.total, self.available, self.alive,
-                self.is_head, self.queued)
+                self.is_head, self.queued, self.index)
 
 
 def _fits(shape, resources) -> bool:
@@ -83,8 +93,15 @@ class ClusterState:
         self.calls_waiting: dict = {}     # actor id -> tasks waiting to learn where it is
         self.directory: dict = {}         # (head) actor id -> (node id, name, namespace, meta)
         self.asked: dict = {}             # our request id -> (client, their request id)
-        self.incoming: dict = {}          # oid -> (kind, contained) while its bytes stream in
+        self.incoming: dict = {}          # oid -> (kind, contained, size, link) while its bytes stream in
+        self.incoming_bytes = 0           # their sizes: at most MAX_INCOMING_BYTES (but one always goes)
+        self.metas_waiting: deque = deque()   # OBJECT_META messages waiting for room
+        self.redirected: dict = {}        # oid -> (node pulled from, link of the node that sent us)
+        # Counters for STATS: objects streamed from / into this node's store.
+        self.streams_out = self.streams_in = self.bytes_out = self.bytes_in = 0
         self.next_rid = 1
+        self.index = 0                    # this node's number (from the head; the head is 0)
+        self.next_index = 1               # (head) the number the next node to register gets
 
     @property
     def enabled(self) -> bool:
@@ -146,16 +163,22 @@ class ClusterState:
                                               "address"))
                 return
             self.nodes[peer] = NodeInfo(peer, info.get("address"), info.get("ip"),
-                                        info.get("resources") or {}, False, st.now)
+                                        info.get("resources") or {}, False, st.now,
+                                        self.next_index)
+            self.next_index += 1
             st.out.append((D.LOG, f"node {peer} joined from {info.get('address')}"))
             self._broadcast_view()
-        st.send(client, (M.PEER_WELCOME, {"node_id": self.node_id, "view": self.view_rows()}))
+        welcome = {"node_id": self.node_id, "view": self.view_rows()}
+        if info.get("register") and peer in self.nodes:
+            welcome["index"] = self.nodes[peer].index
+        st.send(client, (M.PEER_WELCOME, welcome))
 
     def on_peer_welcome(self, client, msg) -> None:
         info = msg[1]
         client.peer = info["node_id"]
         if client is self.head:
             self.links[info["node_id"]] = client
+            self.index = self.nodes[self.node_id].index = info.get("index", 0)
             self.apply_view(info["view"])
             st = self.st
             st.out.append((D.READY,))
@@ -165,13 +188,13 @@ class ClusterState:
         return [n.row() for n in self.nodes.values()]
 
     def apply_view(self, rows) -> None:
-        for node_id, address, ip, total, available, alive, is_head, queued in rows:
+        for node_id, address, ip, total, available, alive, is_head, queued, index in rows:
             if node_id == self.node_id:
                 continue
             n = self.nodes.get(node_id)
             if n is None:
                 n = self.nodes[node_id] = NodeInfo(node_id, address, ip, total, is_head,
-                                                   self.st.now)
+                                                   self.st.now, index)
             was_alive = n.alive
             n.available, n.alive, n.queued = available, alive, queued
             if was_alive and not alive:
@@ -193,7 +216,7 @@ class ClusterState:
         st = self.st
         st.out.append((D.TIMER, HEARTBEAT_S, "heartbeat"))
         me = self.nodes[self.node_id]
-        me.available = st.resources.snapshot_available()
+        me.available = st.available_now()
         me.queued = len(st.ready)
         if not self.is_head:
             if self.head is not None and not self.head.closed:
@@ -230,28 +253,42 @@ class ClusterState:
             st.out.append((D.LOG, "the head node is gone: this node stops"))
             st.stop("the cluster's head node died")
             return
+        for oid, item in list(self.redirected.items()):
+            if item[0] == peer:
+                self._pull_again(oid, peer)
+        for oid in [o for o, item in self.incoming.items() if item[3] is client]:
+            self._drop_incoming(oid)
+            e = self.st.table.entries.get(oid)
+            if e is not None and e.state != READY:
+                e.pulling = False       # a later ensure pulls it again
         if peer is not None and self.links.get(peer) is client:
             del self.links[peer]
             if self.is_head:
                 self.declare_dead(peer, "its connection to the head closed")
 
     def node_died(self, node_id, why) -> None:
-        """Work forwarded there fails or reruns; objects only there are lost."""
+        """Objects only there are made again from their lineage, or lost;
+        work forwarded there reruns or fails."""
         st = self.st
+        # Nothing more is taken from it (a half-streamed copy would land in
+        # a range this node may reuse): its links close, its leases go.
+        for c in list(st.clients.values()):
+            if c.role == "node" and c.peer == node_id and not c.closed:
+                for oid in c.unsealed:
+                    self._drop_incoming(oid)
+                st.out.append((D.CLOSE, c.cid))
+                st._client_gone(c)
+        lost = [e for e in st.table.entries.values() if e.state != READY and (
+            e.location == node_id or (e.owner == node_id and e.task is None))]
+        if lost:
+            st.tasks.lineage.lost(lost, f"its only copy was on node {node_id}, which died "
+                                        f"({why})")
         for tid, where in list(self.forwarded.items()):
             if where == node_id:
                 del self.forwarded[tid]
                 t = st.tasks.tasks.get(tid)
                 if t is not None:
                     st.tasks.remote_node_died(t, node_id, why)
-        for e in list(st.table.entries.values()):
-            if e.state != READY and (e.location == node_id or (
-                    e.owner == node_id and e.task is None)):
-                e.location = None
-                st.tasks.object_lost(e, ObjectLostError(
-                    f"object {e.oid.hex()} was lost: its only copy was on node {node_id}, "
-                    f"which died ({why}). A put object cannot be rebuilt; a task's result "
-                    f"is not rebuilt by re-running the task yet (lineage)."))
         for aid, where in list(self.actor_nodes.items()):
             if where == node_id:
                 del self.actor_nodes[aid]
@@ -281,6 +318,9 @@ class ClusterState:
             self.spread += 1
             n = alive[self.spread % len(alive)]
             return None if n.node_id == self.node_id else n.node_id
+        near = self._most_arg_bytes(t.spec[S.DEPS], alive, shape) if t.spec[S.DEPS] else None
+        if near is not None:
+            return near
         if here is not None and _fits(shape, st.resources.total) and (
                 (st.resources.fits_now(shape) and not st.ready.count) or len(alive) == 1):
             return None
@@ -293,6 +333,32 @@ class ClusterState:
             return None
         return min((n for n in alive if n.node_id != self.node_id),
                    key=lambda n: n.queued).node_id
+
+    def _most_arg_bytes(self, deps, alive, shape) -> str | None:
+        """The other node holding most of a task's argument bytes, when it
+        holds more than this node and at least ``LOCALITY_MIN_BYTES`` and has
+        room now: moving the task there is cheaper than moving its data
+        here (Ray's locality-aware placement).  None: decide as usual."""
+        entries = self.st.table.entries
+        held: dict = {}
+        for oid in deps:
+            e = entries.get(oid)
+            if e is None:
+                continue
+            if e.location is not None:
+                held[e.location] = held.get(e.location, 0) + e.size
+            elif e.state == READY and e.offset >= 0:
+                held[self.node_id] = held.get(self.node_id, 0) + e.size
+        if not held:
+            return None
+        best = max(held, key=held.get)
+        if best == self.node_id or held[best] < LOCALITY_MIN_BYTES or \
+                held[best] <= held.get(self.node_id, 0):
+            return None
+        n = self.nodes.get(best)
+        if n is None or n not in alive or not _fits(shape, n.available):
+            return None
+        return best
 
     def place_shape(self, shape, extra) -> str | None:
         """Where an actor of ``shape`` goes (as ``place`` for a task)."""
@@ -417,10 +483,30 @@ class ClusterState:
         self.st.send(self.head, (M.QUERY, mine, what, arg))
         return True
 
+    def ask_head_then(self, what, arg, then) -> None:
+        """A question for the head that this node acts on itself: the answer
+        comes to ``then(ok, value)``."""
+        mine = self.next_rid
+        self.next_rid += 1
+        self.asked[mine] = then
+        self.st.send(self.head, (M.QUERY, mine, what, arg))
+
     def on_reply(self, client, msg) -> None:
         asked = self.asked.pop(msg[1], None)
-        if asked is not None and not asked[0].closed:
+        if callable(asked):
+            asked(msg[2], msg[3])
+        elif asked is not None and not asked[0].closed:
             self.st.send(asked[0], (M.REPLY, asked[1]) + tuple(msg[2:]))
+
+    def claim_name(self, aid, name, namespace, meta, node_id):
+        """Head: reserve ``name`` for the actor ``aid`` about to be created
+        on ``node_id`` (names are unique cluster-wide); the (aid, meta) of
+        the live actor that has it already, else None."""
+        found = self.named_actor(name, namespace)
+        if found is not None and found[0] != aid:
+            return found
+        self.directory[aid] = (node_id, name, namespace, meta)
+        return None
 
     def named_actor(self, name, namespace):
         """(aid, meta) of a named actor anywhere in the cluster (head only)."""
@@ -491,8 +577,15 @@ class ClusterState:
     def on_results(self, client, msg) -> None:
         _, tid, results = msg
         st = self.st
-        self.forwarded.pop(tid, None)
+        where = self.forwarded.pop(tid, None)
         t = st.tasks.tasks.get(tid)
+        n = self.nodes.get(where)
+        if t is not None and n is not None:
+            # Its resources are free there again (the next status says so
+            # too; until then placement should not see the node busy).
+            avail, total = n.available, n.total
+            for k, v in t.shape:
+                avail[k] = min(avail.get(k, 0.0) + v, total.get(k, 0.0))
         table = st.table
         for oid, kind, data, size, owners in results:
             self._learn_owners(owners)
@@ -502,11 +595,21 @@ class ClusterState:
                 if e.state != READY:
                     st.notify(e, table.seal(e, kind, data, tuple(owners)))
                 table.release(e)
+            elif e.state == READY:
+                # A re-run made it again, and a copy is here already.
+                st.send(client, (M.REFS, [(P.R.DECREF, oid)]))
+                table.release(e)
             else:
                 # Stays on the peer until someone here needs it.
+                if e.location is not None and e.location != client.peer:
+                    self._give_back(e.location, oid)
                 e.location = client.peer
                 e.size = size
                 if e.waiters:
+                    # Tasks waiting for it are placed now (maybe next to it);
+                    # only other waiters (gets, actor calls) pull it here.
+                    st.tasks.available_elsewhere(e)
+                if e.waiters or e.peer_waiters:
                     self.pull(e)
                 table.release(e)
         if t is not None:
@@ -537,14 +640,14 @@ class ClusterState:
         c = self.link(source)
         st = self.st
         if c is None:
-            st.tasks.object_lost(e, ObjectLostError(
-                f"object {e.oid.hex()} is on node {source}, which is dead or unknown"))
+            st.tasks.lineage.recover(e, f"it was on node {source}, which is dead or unknown")
             return
         e.pulling = True
         st.send(c, (M.PULL, e.oid))
 
     def on_pull(self, client, msg) -> None:
-        """A peer wants an object: serve it now, or once it is made here."""
+        """A peer wants an object: serve it now, or once it is made here,
+        or send it to a node that pulled a copy from here before."""
         oid = msg[1]
         st = self.st
         e = st.table.entries.get(oid)
@@ -552,6 +655,11 @@ class ClusterState:
             st.send(client, (M.OBJECT_LOST, oid, f"node {self.node_id} does not have it (it "
                                                  f"was freed, or never made there)"))
             return
+        if e.copies is not None:
+            if len(msg) > 3 and msg[3] in e.copies:
+                e.copies.remove(msg[3])         # that copy is gone
+            if (len(msg) < 3 or msg[2]) and self._redirect(client, e):
+                return
         st.table.hold(client.held, oid)        # the puller's lease, until its DECREF
         if e.state == READY:
             self.serve(client, e)
@@ -560,6 +668,61 @@ class ClusterState:
                 e.peer_waiters = []
             e.peer_waiters.append(client)
             self.ensure(e)
+
+    def _redirect(self, client, e) -> bool:
+        """Broadcast: pulls of one object take turns among this node and
+        the nodes it streamed a copy to (done or still arriving: such a
+        node serves once its copy is complete), so later nodes pull from
+        earlier ones, not all from the writer.  True if ``client`` was sent
+        to another node."""
+        copies = e.copies
+        while copies:
+            node_id = copies.pop(0)
+            n = self.nodes.get(node_id)
+            if node_id == self.node_id or (n is not None and n.alive):
+                copies.append(node_id)
+                if node_id == self.node_id or node_id == client.peer:
+                    return False
+                self.st.send(client, (M.PULL_FROM, e.oid, node_id))
+                return True
+        return False
+
+    def on_pull_from(self, client, msg) -> None:
+        """The node we asked sends us to a node with a copy: ask that one
+        (it may not redirect again); if it cannot serve, ask again here."""
+        _, oid, node_id = msg
+        e = self.st.table.entries.get(oid)
+        if e is None or e.state == READY:
+            return
+        c = self.link(node_id)
+        if c is None:
+            self.st.send(client, (M.PULL, oid, False, node_id))
+            return
+        self.redirected[oid] = (node_id, client)
+        self.st.send(c, (M.PULL, oid, False))
+
+    def _pull_again(self, oid, node_id) -> bool:
+        """A redirected pull failed at ``node_id``: back to the node that
+        sent us there.  False if it was not a redirected pull."""
+        item = self.redirected.get(oid)
+        if item is None or item[0] != node_id:
+            return False
+        del self.redirected[oid]
+        source = item[1]
+        e = self.st.table.entries.get(oid)
+        if source.closed or e is None or e.state == READY:
+            return False
+        e.pulling = True
+        self.st.send(source, (M.PULL, oid, False, node_id))
+        return True
+
+    def sealed(self, e) -> None:
+        """An object peers asked for is ready here (made, pulled, or failed):
+        serve each of them."""
+        waiting, e.peer_waiters = e.peer_waiters, None
+        for c in waiting:
+            if not c.closed:
+                self.serve(c, e)
 
     def serve(self, client, e) -> None:
         """Small objects travel in one message; large ones are announced
@@ -579,10 +742,21 @@ class ClusterState:
         if e is None or e.state != READY or e.inline is not None:
             st.send(client, (M.OBJECT_LOST, oid, f"node {self.node_id} no longer has it"))
             return
+        self.streams_out += 1
+        self.bytes_out += e.size
+        # The puller will have a copy: later pullers may be sent there.
+        if e.copies is None:
+            e.copies = [self.node_id]
+        if client.peer not in e.copies:
+            e.copies.insert(0, client.peer)         # its turn comes next
         st.out.append((D.SEND_ARENA, client.cid, (M.DATA, oid, e.size), e.offset, e.size))
 
     def on_object_meta(self, client, msg) -> None:
         _, oid, kind, size, owners = msg
+        if self.incoming and self.incoming_bytes + size > MAX_INCOMING_BYTES:
+            # Bounded bytes in flight: the sender waits for our SEND_DATA.
+            self.metas_waiting.append((client, msg))
+            return
         st = self.st
         table = st.table
         e = self._wanted(client, oid, owners)
@@ -596,17 +770,36 @@ class ClusterState:
                                               f"{self.node_id}: {exc}"))
             return
         client.unsealed.add(oid)
-        self.incoming[oid] = (kind, tuple(owners))
+        self.incoming[oid] = (kind, tuple(owners), size, client)
+        self.incoming_bytes += size
         st.out.append((D.EXPECT_RAW, client.cid, oid, e.offset, size))
         st.send(client, (M.SEND_DATA, oid))
 
     def on_data_done(self, client, msg) -> None:
         _, oid, wanted = msg
-        kind, contained = self.incoming.pop(oid, (None, ()))
+        kind, contained, _, _ = self._drop_incoming(oid)
         client.unsealed.discard(oid)
         e = self.st.table.entries.get(oid)
         if kind is not None and e is not None and wanted and e.writer is client:
             self._arrived(client, e, kind, None, contained)
+
+    def _drop_incoming(self, oid) -> tuple:
+        """A stream into this node ended (done, or its link closed): its
+        bytes leave the budget, and OBJECT_METAs that waited may go."""
+        item = self.incoming.pop(oid, None)
+        if item is None:
+            return (None, (), 0, None)
+        self.incoming_bytes -= item[2]
+        waiting = self.metas_waiting
+        while waiting:
+            client, msg = waiting[0]
+            if not client.closed and self.incoming and \
+                    self.incoming_bytes + msg[3] > MAX_INCOMING_BYTES:
+                break
+            waiting.popleft()
+            if not client.closed:
+                self.on_object_meta(client, msg)
+        return item
 
     def on_object(self, client, msg) -> None:
         """A small object's bytes (a large one comes as OBJECT_META, DATA)."""
@@ -628,6 +821,10 @@ class ClusterState:
     def _arrived(self, client, e, kind, inline, contained) -> None:
         """A pulled copy is complete here: sealed, readable zero-copy, and
         leased from ``client``'s node until it is freed here."""
+        self.redirected.pop(e.oid, None)
+        if inline is None:
+            self.streams_in += 1
+            self.bytes_in += e.size
         e.pulling = False
         e.location = None
         if e.remote_leases is None:
@@ -639,11 +836,18 @@ class ClusterState:
 
     def on_object_lost(self, client, msg) -> None:
         _, oid, why = msg
+        if self._pull_again(oid, client.peer):
+            return
         e = self.st.table.entries.get(oid)
         if e is not None and e.state != READY:
             e.pulling = False
-            self.st.tasks.object_lost(e, ObjectLostError(
-                f"object {oid.hex()} could not be fetched from node {client.peer}: {why}"))
+            self.st.tasks.lineage.recover(
+                e, f"it could not be fetched from node {client.peer} ({why})")
+
+    def _give_back(self, node_id, oid) -> None:
+        c = self.links.get(node_id)
+        if c is not None and not c.closed:
+            self.st.send(c, (M.REFS, [(P.R.DECREF, oid)]))
 
     def freed(self, e) -> None:
         """An entry that held leases on other nodes is gone: give them back."""
@@ -655,12 +859,40 @@ class ClusterState:
             if c is not None and not c.closed:
                 self.st.send(c, (M.REFS, [(P.R.DECREF, e.oid)]))
 
+    # -- task output ------------------------------------------------------------------------------
+    def output_route(self, msg):
+        """Send a task's OUTPUT toward the node whose driver runs its job.
+        A job id is ``(index << 16) | counter`` of the node its driver joined
+        (the head's jobs are 1, 2, ...).  None: the job is this node's (the
+        caller hands it to the driver here).  True: sent there, over the link
+        the running task came by when it came from that node (so the output
+        arrives before the task's RESULTS), else over our link to it.  False:
+        that node is dead or unknown."""
+        index = msg[1] >> 16
+        if index == self.index:
+            return None
+        owner = None
+        for n in self.nodes.values():
+            if n.index == index and n.node_id != self.node_id:
+                owner = n
+                break
+        if owner is None or not owner.alive:
+            return False
+        t = self.st.tasks.tasks.get(msg[6]) if msg[6] is not None else None
+        c = t.origin if t is not None else None
+        if c is None or c.closed or c.peer != owner.node_id:
+            c = self.link(owner.node_id)
+            if c is None:
+                return False
+        self.st.send(c, msg)
+        return True
+
     # -- queries ----------------------------------------------------------------------------------
     def nodes_rows(self) -> list:
         st = self.st
         me = self.nodes.get(self.node_id)
         if me is not None:
-            me.available = st.resources.snapshot_available()
+            me.available = st.available_now()
         out = []
         for n in (self.nodes.values() if self.nodes else ()):
             out.append({"NodeID": n.node_id, "Alive": n.alive, "alive": n.alive,
@@ -679,7 +911,7 @@ class ClusterState:
         return out
 
     def available(self) -> dict:
-        self.nodes[self.node_id].available = self.st.resources.snapshot_available()
+        self.nodes[self.node_id].available = self.st.available_now()
         out: dict = {}
         for n in self.nodes.values():
             if n.alive:

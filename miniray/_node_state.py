@@ -37,6 +37,7 @@ from ._node_tasks import TaskManager
 from ._object_table import ObjectTable, READY, CREATING
 from ._scheduler import ResourcePool, ReadyQueues
 from ._serialization import dumps
+from ._task_output import prefix_lines, source_prefix
 from .exceptions import ObjectLostError, ObjectStoreFullError, RaySystemError
 
 M = P.M
@@ -121,6 +122,10 @@ def node_resources(config: dict) -> dict:
         total["GPU"] = float(config["num_gpus"])
     if config.get("memory"):
         total["memory"] = float(config["memory"])
+    if config.get("object_store_memory"):
+        # Reported as Ray does (total; free bytes in available_now), never
+        # requested: a task's store use is not reserved ahead.
+        total["object_store_memory"] = float(config["object_store_memory"])
     total[f"node:{config.get('node_ip', '127.0.0.1')}"] = 1.0
     return total
 
@@ -148,6 +153,7 @@ class NodeState:
         self.owner_pid = config.get("owner_pid")
         self.sys_path = config.get("sys_path") or []
         self.job_counter = 0
+        self.job_drivers: dict = {}          # job -> its driver's Client (task output goes there)
         self.prefault_done = 0
         self.now = 0.0
         self.stopping = False
@@ -183,6 +189,14 @@ class NodeState:
     def send(self, client, msg) -> None:
         if not client.closed:
             self.out.append((SEND, client.cid, msg))
+
+    def available_now(self) -> dict:
+        """Free resources, with the store's free bytes as Ray reports them."""
+        avail = self.resources.snapshot_available()
+        if "object_store_memory" in avail:
+            a = self.table.alloc
+            avail["object_store_memory"] = float(a.capacity - a.used)
+        return avail
 
     def spawn_worker(self) -> Worker:
         w = Worker(self.next_wid, self.now)
@@ -371,8 +385,7 @@ class NodeState:
             self.cluster.on_node_hello(client, info or {})
             return
         if role == "driver":
-            self.job_counter += 1
-            job = self.job_counter
+            job = self._new_job(client, info)
             if info and info.get("sys_path"):
                 self.sys_path = info["sys_path"]
                 for c in self.clients.values():
@@ -392,6 +405,44 @@ class NodeState:
         self.out.append((D.WELCOME, client.cid, welcome))
         if role == "worker":
             self._worker_hello(client, wid)
+
+    # -- task output (a worker's prints, routed to the driver of their job) ---------------------
+    def _new_job(self, client, info) -> int:
+        """A driver's job id, unique in the cluster without asking anyone:
+        ``(node index << 16) | counter`` (the head is node 0, so its jobs are
+        1, 2, ...; the counter wraps after 65535 drivers on one node).  Its
+        task output comes to it unless it said ``log_to_driver=False``."""
+        self.job_counter += 1
+        job = (self.cluster.index << 16) | ((self.job_counter - 1) % 0xFFFF + 1)
+        for j in [j for j, c in self.job_drivers.items() if c.closed]:
+            del self.job_drivers[j]
+        if not info or info.get("log_to_driver", True):
+            self.job_drivers[job] = client
+        return job
+
+    def on_output(self, client, msg) -> None:
+        """OUTPUT (see ``_protocol``): to the job's driver if it is on this
+        node, toward its node if it is elsewhere (``ClusterState.output_route``),
+        else (driver gone, ``log_to_driver=False``, node dead) to this node's log."""
+        _, job, stream, text, cont, source, tid = msg
+        if type(job) is not int or type(text) is not str or (
+                tid is not None and type(tid) is not bytes):
+            raise ValueError("malformed OUTPUT message")
+        routed = self.cluster.output_route(msg)
+        if routed:
+            return
+        driver = self.job_drivers.get(job)
+        if routed is None and driver is not None and not driver.closed:
+            self.send(driver, msg)
+            return
+        try:
+            prefix = source_prefix(source)
+        except (TypeError, ValueError):
+            prefix = ""
+        body = prefix_lines(text, prefix, cont)
+        where = "stderr" if stream == 2 else "stdout"
+        self.out.append((D.LOG, f"task {where} of job {job} (no driver takes it):\n"
+                                + body.rstrip("\n")))
 
     def on_register_fn(self, client, msg) -> None:
         self.functions[msg[1]] = msg[2]
@@ -627,7 +678,7 @@ class NodeState:
         if what == Q.CLUSTER_RESOURCES:
             return cluster.total() if cluster.enabled else dict(self.resources.total)
         if what == Q.AVAILABLE_RESOURCES:
-            return cluster.available() if cluster.enabled else self.resources.snapshot_available()
+            return cluster.available() if cluster.enabled else self.available_now()
         if what == Q.NODES:
             if cluster.enabled:
                 return cluster.nodes_rows()
@@ -642,6 +693,10 @@ class NodeState:
                          worker_pids=[w.pid for w in self.workers.values() if w.pid],
                          ready_tasks=len(self.ready), tasks=len(self.tasks.tasks),
                          actors=self.actors.count_alive())
+            c = self.cluster
+            if c.enabled:
+                stats.update(streams_out=c.streams_out, streams_in=c.streams_in,
+                             bytes_out=c.bytes_out, bytes_in=c.bytes_in)
             return stats
         if what == Q.OBJECT_INFO:
             e = self.table.entries.get(arg)
@@ -649,6 +704,9 @@ class NodeState:
                 return None
             return {"state": e.state, "holders": e.holders, "pins": e.pins, "size": e.size,
                     "inline": e.inline is not None}
+        if what == Q.CLAIM_ACTOR_NAME and cluster.enabled and cluster.is_head:
+            name, namespace, aid, meta, node_id = arg
+            return cluster.claim_name(aid, name, namespace, meta, node_id)
         if what == Q.GET_ACTOR and cluster.enabled and cluster.is_head:
             found = cluster.named_actor(*arg)
             if found is not None:
@@ -713,7 +771,9 @@ class NodeState:
                 M.FORWARD_ACTOR: c.on_forward_actor, M.ACTOR_AT: c.on_actor_at,
                 M.WHERE_ACTOR: c.on_where_actor, M.REPLY: c.on_reply,
                 M.OBJECT_META: c.on_object_meta, M.SEND_DATA: c.on_send_data,
-                M.DATA_DONE: c.on_data_done}
+                M.DATA_DONE: c.on_data_done, M.PULL_FROM: c.on_pull_from,
+                # a worker's prints, toward their driver (here or over a link)
+                M.OUTPUT: self.on_output}
 
 
 # Requests whose second field is the request id their REPLY answers.

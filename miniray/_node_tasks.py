@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from . import _protocol as P
 from . import _task_spec as S
+from ._node_lineage import LineageManager
 from ._object_table import READY
 from ._scheduler import format_resources, gpu_amount
 from ._task_kind import TaskKind, kind_of
@@ -29,7 +30,7 @@ ERROR = P.K.ERROR
 class Task:
     __slots__ = ("spec", "tid", "returns", "shape", "deps_left", "worker", "retries_left",
                  "submitter", "state", "actor", "cancelled", "cpu", "lent", "parent",
-                 "children", "gpu_ids", "kind", "origin")
+                 "children", "gpu_ids", "kind", "origin", "lineage")
 
     def __init__(self, spec, submitter, actor=None):
         self.spec = spec
@@ -55,6 +56,7 @@ class Task:
         self.gpu_ids = None     # GPU ids it holds while it runs
         self.kind = kind_of(spec)
         self.origin = None      # the peer link of the node that forwarded it here
+        self.lineage = None     # its Lineage record, if submitted here in a cluster
 
     def on_ready(self, st, entry):
         if self.state != "waiting":
@@ -70,6 +72,7 @@ class TaskManager:
         self.tasks: dict[bytes, Task] = {}
         self.infeasible: list = []      # ready tasks no node can run (yet)
         self.warned: set = set()        # (client cid, shape) already told
+        self.lineage = LineageManager(st, Task)     # rebuilding results lost with a node
 
     # -- submission -------------------------------------------------------------------
     def on_submit(self, client, msg) -> None:
@@ -90,6 +93,8 @@ class TaskManager:
         held = client.held
         for oid in t.returns:
             table.hold(held, oid).task = t
+        if self.st.cluster.enabled and client.role != "node":
+            self.lineage.attach(t, client)
         for oid in pinned:
             table.pin(oid)
         w = client.worker
@@ -129,9 +134,12 @@ class TaskManager:
         if t.spec[S.ARGS_OID] is not None:
             deps.append(t.spec[S.ARGS_OID])
         ensure = self.st.cluster.ensure
+        plain = t.actor is None
         for oid in deps:
             e = entries[oid]
             if e.state != READY:
+                if plain and e.location is not None:
+                    continue        # made on another node: placement decides where it goes
                 left += 1
                 if e.waiters is None:
                     e.waiters = [t]
@@ -141,6 +149,43 @@ class TaskManager:
         t.deps_left = left
         if left == 0:
             self.deps_ready(t)
+
+    def available_elsewhere(self, e) -> None:
+        """``e`` was made on another node: the plain tasks waiting for it
+        stop waiting (``place`` then runs them near their data, or fetches
+        it first); other waiters stay."""
+        ready, keep = [], []
+        for w in e.waiters:
+            if type(w) is Task and w.actor is None and w.state == "waiting":
+                w.deps_left -= 1
+                if w.deps_left == 0:
+                    ready.append(w)
+            else:
+                keep.append(w)
+        e.waiters = keep or None
+        for t in ready:
+            self.deps_ready(t)
+
+    def _fetch_first(self, t: Task) -> bool:
+        """Before a task runs here, its arguments made elsewhere are
+        pulled: it waits for them again.  False when all are here."""
+        entries = self.st.table.entries
+        deps = list(t.spec[S.DEPS])
+        if t.spec[S.ARGS_OID] is not None:
+            deps.append(t.spec[S.ARGS_OID])
+        missing = [e for e in map(entries.get, deps) if e.state != READY]
+        if not missing:
+            return False
+        t.state = "waiting"
+        t.deps_left = len(missing)
+        ensure = self.st.cluster.ensure
+        for e in missing:
+            if e.waiters is None:
+                e.waiters = [t]
+            else:
+                e.waiters.append(t)
+            ensure(e)
+        return True
 
     def deps_ready(self, t: Task) -> None:
         t.state = "ready"
@@ -165,6 +210,8 @@ class TaskManager:
                 self._park(t)
                 return
             if where is not None and cluster.forward(t, where):
+                return
+            if self._fetch_first(t):
                 return
             if not st.resources.fits_ever(t.shape):
                 self._park(t)
@@ -369,6 +416,9 @@ class TaskManager:
         table = st.table
         for oid, kind, data, contained in results:
             e = table.get_or_create(oid)
+            if e.state == READY:
+                client.unsealed.discard(oid)
+                continue        # a re-run made a return that is here already
             if data is None:
                 client.unsealed.discard(oid)
                 if e.offset < 0:
@@ -436,6 +486,8 @@ class TaskManager:
             for child in t.children.values():
                 child.parent = None
             t.children = None
+        if t.lineage is not None:
+            self.lineage.finished(t)
         unpin = self.st.table.unpin
         for oid in self._pinned(t.spec):
             unpin(oid)

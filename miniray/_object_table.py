@@ -15,6 +15,12 @@ allocator and the refs it contained are unpinned (which may free more).
 States: PENDING (a task will make it) -> CREATING (an arena range is being
 written) -> READY.  Waiters (GET/WAIT requests, tasks waiting on arguments)
 are told when an entry becomes READY.
+
+In a cluster, the returns of a task submitted here point to its ``Lineage``
+(how to make them again if their only copy is lost with a node; see
+``_node_lineage``).  A record is counted like a lease: by its live return
+entries and by the downstream records that need it, and when the count
+reaches zero ``drop_lineage`` lets go of the arguments it kept.
 """
 from __future__ import annotations
 
@@ -22,16 +28,50 @@ from ._protocol import K
 from .exceptions import ObjectStoreFullError
 from ._store.allocator import Allocator
 
-__all__ = ["ObjectTable", "Entry", "PENDING", "CREATING", "READY"]
+__all__ = ["ObjectTable", "Entry", "Lineage", "PENDING", "CREATING", "READY"]
 
 PENDING, CREATING, READY = 0, 1, 2
 ACTOR_HANDLE = K.ACTOR_HANDLE   # an actor id doubles as an object id
 
 
+class Lineage:
+    """How to make a task's returns again: its spec and the retries it has
+    left (a re-run spends one, as in Ray).  Kept by the node the task was
+    submitted to, in a cluster (``_node_lineage``), while ``live`` > 0: one
+    count per return entry pointing to it (``Entry.lineage``) and one per
+    downstream record that needs it to rebuild an argument.
+
+    Once its task is finished for good with returns still alive (``kept``),
+    it holds on to its arguments: the records of those a re-run can make
+    again (``parents``, a count on each: their values may go) and, from the
+    moment one of its returns lives only on another node, a pin on those it
+    cannot make again (``pins``: puts, large args, objects owned elsewhere;
+    ``puts`` are their ids until then).  At zero it lets go of them all."""
+
+    __slots__ = ("spec", "submitter", "retries_left", "live", "task", "kept", "parents",
+                 "puts", "pins")
+
+    def __init__(self, spec, submitter, retries_left, live):
+        self.spec = spec
+        self.submitter = submitter      # its Client: told if a re-run cannot be placed
+        self.retries_left = retries_left
+        self.live = live
+        self.task = None                # the Task making its returns now, if any
+        self.kept = False
+        self.parents = ()
+        self.puts = ()
+        self.pins = None
+
+
+# ``Entry.lineage`` of an actor method's returns: never rebuilt by re-running
+# the method (an actor's state moved on); shared, counted by nobody.
+ACTOR_RESULT = Lineage(None, None, 0, 0)
+
+
 class Entry:
     __slots__ = ("oid", "state", "kind", "inline", "offset", "size", "holders",
                  "pins", "contained", "waiters", "task", "writer", "owner", "location",
-                 "pulling", "peer_waiters", "remote_leases")
+                 "pulling", "peer_waiters", "remote_leases", "lineage", "copies")
 
     def __init__(self, oid):
         self.oid = oid
@@ -54,6 +94,12 @@ class Entry:
         self.pulling = False
         self.peer_waiters = None
         self.remote_leases = None
+        # Nodes this node streamed a copy to, and this node, in the order
+        # the next PULL is sent to (a broadcast spreads over them).
+        self.copies = None
+        # The task that made it, if submitted here in a cluster (a Lineage,
+        # or ACTOR_RESULT): what rebuilds it if its only copy is lost.
+        self.lineage = None
 
     def payload(self):
         """What a reader needs: (kind, bytes) or (kind, (offset, size))."""
@@ -226,6 +272,27 @@ class ObjectTable:
                     if ce.pins <= 0 and ce.holders <= 0 and ce.state == READY and not ce.waiters:
                         stack.append(ce)
             e.contained = ()
+            if e.lineage is not None:
+                rec, e.lineage = e.lineage, None
+                self.drop_lineage(rec)
+
+    def drop_lineage(self, rec: Lineage) -> None:
+        """One reference to ``rec`` went (a return entry freed, a downstream
+        record dropped); at zero it lets go of its arguments."""
+        stack = [rec]
+        while stack:
+            r = stack.pop()
+            if r is ACTOR_RESULT:
+                continue
+            r.live -= 1
+            if r.live > 0:
+                continue
+            pins, parents = r.pins, r.parents
+            r.pins, r.parents, r.puts = None, (), ()
+            stack.extend(parents)
+            if pins:
+                for oid in pins:
+                    self.unpin(oid)
 
     def drop_unsealed(self, oid, writer=None) -> None:
         """The writer died or gave up before sealing: return the range
@@ -237,6 +304,9 @@ class ObjectTable:
             e.writer = None
             if e.holders <= 0 and e.pins <= 0 and e.task is None and not e.waiters:
                 del self.entries[oid]
+                if e.lineage is not None:
+                    rec, e.lineage = e.lineage, None
+                    self.drop_lineage(rec)
 
     def stats(self) -> dict:
         a = self.alloc

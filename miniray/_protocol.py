@@ -34,6 +34,11 @@ client -> node
   ACTOR_CALL    spec
   ACTOR_KILL    actor_id, no_restart[, reason]
   SHUTDOWN
+  OUTPUT        job, stream (1 stdout | 2 stderr), text, cont, (name, pid, node_id, ip),
+                task_id | None     a worker's print, as whole lines (or a partial line at
+                a flush; ``cont``: its first line continues one already sent); the node
+                routes it by job to that job's driver, here or over a peer link (a job
+                id's high 16 bits are its node's index), else to its log
 
 node -> client
   WELCOME       info dict (+ the arena fd by SCM_RIGHTS)
@@ -47,6 +52,7 @@ node -> client
                                                   decoded or handled; nothing else was lost
   JOB           sys_path                          (to workers: a driver joined)
   WARNING       text                              print to the user (e.g. an infeasible task)
+  OUTPUT        as above, to the job's driver     written to its sys.stdout / sys.stderr
 
 node <-> node (peer links; see ``_node_cluster``)
   HELLO         "node", pid, None, {node_id, register, address, ip, resources}
@@ -55,8 +61,11 @@ node <-> node (peer links; see ``_node_cluster``)
   CLUSTER_VIEW  [node rows]                       (from the head, every heartbeat)
   FORWARD       spec, {oid: owner}, fn_blob | None, serializers | None   run it here
   RESULTS       task_id, [(oid, kind, data | None, size, {contained oid: owner})]
-  PULL          oid                               -> OBJECT | OBJECT_LOST (the sender holds
-                                                  a lease on it until it says DECREF)
+  PULL          oid[, redirect ok, stale node]    -> OBJECT | OBJECT_META | PULL_FROM |
+                                                  OBJECT_LOST (the sender holds a lease on
+                                                  it until it says DECREF)
+  PULL_FROM     oid, node id                      ask that node instead: it has (or is
+                                                  getting) a copy (a broadcast spreads)
   OBJECT        oid, kind, data, {contained oid: owner}
   OBJECT_LOST   oid, why
   REFS          [(DECREF, oid)]                   a lease given back
@@ -69,6 +78,7 @@ node <-> node (peer links; see ``_node_cluster``)
   DATA          oid, size                         followed by ``size`` raw bytes (not a
                                                   pickle): read straight into the store
   DATA_DONE     oid                               (made by the receiving server) all in
+  OUTPUT        as above                          toward the node whose driver runs the job
 """
 from __future__ import annotations
 
@@ -132,6 +142,8 @@ class Msg(enum.IntEnum):
     SEND_DATA = 43
     DATA = 44
     DATA_DONE = 45
+    OUTPUT = 46
+    PULL_FROM = 48
 
 
 class RefOp(enum.IntEnum):
@@ -154,6 +166,7 @@ class Query(enum.IntEnum):
     LIST_NAMED_ACTORS = 5
     STATS = 6
     OBJECT_INFO = 7
+    CLAIM_ACTOR_NAME = 8    # node -> head: (name, namespace, aid, meta, node_id)
 
 
 def _as_ints(enum_cls):

@@ -17,10 +17,13 @@ removed at its shutdown).  ``init()`` starts its node with the token the
 user set, if any.  "auto" and a cluster's HEAD:PORT go to the host's
 cluster files (``_cluster_file``, written by ``miniray start``).
 
-Jobs: the node numbers drivers as they connect (the first is job 1).  A
-task carries its job in its spec's EXTRA only when it is not job 1, the
-common case of one driver, so that costs nothing; a worker reads it back
-from the running task (``job_of``).
+Jobs: the node numbers drivers as they connect: ``(node index << 16) |
+counter``, unique in a cluster without a round trip (the head, and a node
+of its own, is node 0: its first driver is job 1).  A task carries its job
+in its spec's EXTRA only when it is not job 1, the common case of one
+driver, so that costs nothing; a worker reads it back from the running
+task (``job_of``), and sends what the task prints to that job's driver
+(``_task_output``; the node finds the job's node from its index).
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ from .exceptions import (DEFAULT_NODE_IP, RaySystemError, RuntimeNotInitializedE
 
 INLINE_THRESHOLD = 100 * 1024
 NODE_START_TIMEOUT = 30.0
-FIRST_JOB = 1               # the job the node gives its first driver
+FIRST_JOB = 1               # the job the head (or a lone node) gives its first driver
 TOKEN_ENV = "MINIRAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "MINIRAY_AUTH_TOKEN_PATH"
 
@@ -199,8 +202,11 @@ def set_current(rt) -> None:
 def init_driver(address=None, *, num_cpus=None, num_gpus=None, resources=None,
                 object_store_memory=None, ignore_reinit_error=False, namespace=None,
                 huge_pages=False, plasma_directory=None, prefault_bytes=None,
-                job_config=None) -> Runtime:
-    """Start a local node (or connect to ``address``); make this process's runtime."""
+                job_config=None, log_to_driver=True) -> Runtime:
+    """Start a local node (or connect to ``address``); make this process's runtime.
+    ``log_to_driver=False``: what this driver's tasks print stays in the
+    logs of the nodes (for a node it starts itself: its stderr, where the
+    node's own messages go)."""
     with _init_lock:
         if _current is not None:
             if ignore_reinit_error:
@@ -224,7 +230,8 @@ def init_driver(address=None, *, num_cpus=None, num_gpus=None, resources=None,
                     f"provided: the node at {address!r} already has its resources. Drop "
                     f"them, or call init() without an address to start a node of your own.")
             addr, token = token_for(address)
-            return connect_driver(addr, token, namespace=namespace, job_config=job_config)
+            return connect_driver(addr, token, namespace=namespace, job_config=job_config,
+                                  log_to_driver=log_to_driver)
         cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
         store = object_store_memory or _default_store_size()
         user_token = configured_token()
@@ -233,7 +240,8 @@ def init_driver(address=None, *, num_cpus=None, num_gpus=None, resources=None,
             huge_pages=huge_pages, prefault_bytes=prefault_bytes, token=user_token)
         try:
             rt = connect_driver(addr, token, node_proc=proc, namespace=namespace,
-                                session=session, job_config=job_config)
+                                session=session, job_config=job_config,
+                                log_to_driver=log_to_driver)
         except BaseException:
             proc.kill()
             proc.wait()
@@ -291,9 +299,16 @@ def default_prefault(store_size: int) -> int:
     return int(min(store_size, 2**30 + 2**26, psutil.virtual_memory().total * 0.1))
 
 
+def default_memory(object_store_memory) -> int:
+    """The ``memory`` resource a node offers tasks unless told: the memory
+    available now minus the store's (as Ray does)."""
+    import psutil
+    return max(0, int(psutil.virtual_memory().available - object_store_memory))
+
+
 def start_node(num_cpus, resources, object_store_memory, *, num_gpus=None,
                plasma_directory=None, huge_pages=False, prefault_bytes=None, owner=True,
-               address=None, env_extra=None, cluster=None, token=None):
+               address=None, env_extra=None, cluster=None, token=None, memory=None):
     """Start a node daemon; returns (address, token, process, session).  Its
     token is ``token`` if given, else a new random one."""
     session = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
@@ -309,6 +324,7 @@ def start_node(num_cpus, resources, object_store_memory, *, num_gpus=None,
         "prefault_bytes": default_prefault(object_store_memory) if prefault_bytes is None
         else prefault_bytes,
         "sys_path": sys_path,
+        "memory": default_memory(object_store_memory) if memory is None else int(memory),
     }
     if cluster:
         # is_head, peer_listen "ip:port", head_address, node_ip (see _node_cluster)
@@ -373,8 +389,10 @@ def _script_dir():
 
 
 def connect_driver(address, token, *, node_proc=None, namespace=None, session=None,
-                   job_config=None) -> Runtime:
+                   job_config=None, log_to_driver=True) -> Runtime:
     info = {"sys_path": driver_sys_path()}
+    if not log_to_driver:
+        info["log_to_driver"] = False       # the node keeps this job's task output in its log
     client = CoreClient(address, token, "driver", info=info)
     if client.welcome.get("store_warning"):
         import warnings

@@ -29,8 +29,11 @@ code; while the runtime decodes the task's arguments, imports its function,
 or packs and sends its results, it waits for the gate to open.  The caller
 of a cancelled task gets TaskCancelledError.
 
-Worker output goes to the node's stdout/stderr, which are the driver's, with
-each line prefixed ``(task_name pid=N)`` as Ray does.
+Output: ``sys.stdout`` / ``sys.stderr`` are ``_task_output.TaskOutput``
+streams: what a task prints goes to the node as OUTPUT messages (whole
+lines, before the task's TASK_DONE) and on to the driver of its job, which
+shows it prefixed ``(task_name pid=N)`` as Ray does (``, ip=X`` from
+another node).  Output outside any task goes to the node's log.
 """
 from __future__ import annotations
 
@@ -46,6 +49,8 @@ from . import _protocol as P
 from . import _serialization as ser
 from . import _task_spec as S
 from ._actor_runtime import ActorRuntime
+from ._runtime import job_of
+from ._task_output import STDERR, STDOUT, TaskOutput
 from ._client_gate import gate as _gate
 from ._task_kind import TaskKind, kind_of
 from .exceptions import ActorExit, RayTaskError, TaskCancelledError, SerializationError
@@ -57,38 +62,6 @@ CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"
 # Ray's switch for leaving CUDA_VISIBLE_DEVICES alone (the ids are still
 # assigned and returned by get_gpu_ids).
 NOSET_CUDA_VISIBLE_DEVICES = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
-
-
-class _PrefixedStream:
-    """Prefixes each line written by task code with the task name and pid."""
-
-    def __init__(self, stream, context):
-        self._stream = stream
-        self._context = context
-        self._at_line_start = True
-        self._lock = threading.Lock()
-
-    def write(self, s):
-        if not s:
-            return 0
-        prefix = f"({self._context.task_name()} pid={os.getpid()}) "
-        with self._lock:
-            out = []
-            for line in s.splitlines(keepends=True):
-                if self._at_line_start:
-                    out.append(prefix)
-                out.append(line)
-                self._at_line_start = line.endswith("\n")
-            self._stream.write("".join(out))
-            if "\n" in s:
-                self._stream.flush()
-        return len(s)
-
-    def flush(self):
-        self._stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
 
 
 class WorkerState:
@@ -105,6 +78,7 @@ class WorkerState:
         self.functions = {}
         self.gpu_ids = []           # GPU ids of the running task, or of the actor
         self.current_tid = None     # the task running on the main thread
+        self.main_spec = None       # its spec (a thread it started prints in its job)
         self.cancel_tid = None      # its cancel, set just before the SIGINT
         self.cancelled = set()      # ids of tasks cancelled (acted on once)
         self.exit_requested = False     # exit_actor() was called
@@ -124,6 +98,22 @@ class WorkerState:
 
     def current_spec(self):
         return getattr(self.local, "spec", None)
+
+    def output_context(self):
+        """(job, name, task id) of what prints on this thread: its task, else
+        the actor, else the task on the main thread; job 0 outside any
+        (see ``_task_output``)."""
+        local = self.local
+        spec = getattr(local, "spec", None)
+        if spec is not None:
+            return job_of(spec, self.actor_spec), local.name or "worker", spec[S.TASK_ID]
+        spec = self.actor_spec
+        if spec is not None:
+            return job_of(spec), self.actor_name or "worker", None
+        spec = self.main_spec
+        if spec is not None:
+            return job_of(spec), spec[S.NAME], spec[S.TASK_ID]
+        return 0, "worker", None
 
 
 class Worker:
@@ -146,8 +136,10 @@ class Worker:
         self.runtime = _runtime.connect_worker(self.state, self.on_push)
         self.client = self.runtime.client
         self.node_has_gpus = bool((self.client.welcome.get("resources") or {}).get("GPU"))
-        sys.stdout = _PrefixedStream(sys.stdout, self.state)
-        sys.stderr = _PrefixedStream(sys.stderr, self.state)
+        source = (os.getpid(), self.client.node_id, self.runtime.node_ip)
+        context, send = self.state.output_context, self.client.send_nowait
+        sys.stdout = self.stdout = TaskOutput(sys.stdout, STDOUT, context, send, source)
+        sys.stderr = self.stderr = TaskOutput(sys.stderr, STDERR, context, send, source)
 
     # -- messages from the reader thread -------------------------------------------
     def on_push(self, msg):
@@ -296,6 +288,7 @@ class Worker:
             local.name, local.spec = name, spec
             if on_main:
                 st.current_tid = tid
+                st.main_spec = spec
             retryable = False
             note = None
             try:
@@ -325,7 +318,7 @@ class Worker:
                 results, retryable, note = self.failed(spec, kind, exc)
             finally:
                 if on_main:
-                    st.current_tid = None
+                    st.current_tid = st.main_spec = None
                     if st.cancel_tid == tid:
                         st.cancel_tid = None
                 local.name = local.spec = None
@@ -360,6 +353,10 @@ class Worker:
         return fn(*args, **kwargs)
 
     def finish(self, tid, results, retryable, note=None):
+        # A line the task left unended goes first: its driver shows it
+        # before the get returns.
+        self.stdout.task_ended()
+        self.stderr.task_ended()
         self.client.send((M.TASK_DONE, tid, results, retryable, note))
 
     def fail_call(self, spec, exc) -> None:

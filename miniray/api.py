@@ -28,7 +28,7 @@ __all__ = ["init", "shutdown", "is_initialized", "remote", "method", "get", "put
 
 _ACCEPTED_INIT_KWARGS = {
     # Ray's init options that make no difference on a miniray node.
-    "include_dashboard", "dashboard_host", "dashboard_port", "log_to_driver",
+    "include_dashboard", "dashboard_host", "dashboard_port",
     "logging_level", "logging_format", "configure_logging", "runtime_env",
     "local_mode", "_system_config", "_temp_dir", "storage", "_metrics_export_port",
     "enable_resource_isolation", "labels", "_node_ip_address", "_enable_object_reconstruction",
@@ -51,10 +51,13 @@ class _NotRefs(TypeError, ValueError):
 def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
          object_store_memory=None, ignore_reinit_error=False, namespace=None,
          huge_pages=False, plasma_directory=None, job_config=None, _prefault_bytes=None,
-         **kwargs):
+         log_to_driver=True, **kwargs):
     """Start a local node (or connect to ``address``) and return its context:
     a dict-like ``RayContext`` (``ctx.address_info["address"]`` is what a
-    second driver passes as ``address``) that also works as ``with init():``."""
+    second driver passes as ``address``) that also works as ``with init():``.
+    What this driver's tasks print, on any node, is written to its
+    sys.stdout / sys.stderr, prefixed ``(name pid=N)`` (``, ip=X`` for
+    another node); ``log_to_driver=False`` leaves it in the nodes' logs."""
     unknown = set(kwargs) - _ACCEPTED_INIT_KWARGS
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -67,7 +70,8 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
         address, num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
         object_store_memory=object_store_memory, ignore_reinit_error=ignore_reinit_error,
         namespace=namespace, huge_pages=huge_pages, plasma_directory=plasma_directory,
-        prefault_bytes=_prefault_bytes, job_config=job_config)
+        prefault_bytes=_prefault_bytes, job_config=job_config,
+        log_to_driver=bool(log_to_driver))
     return _runtime.RayContext(rt)
 
 

@@ -201,14 +201,18 @@ def test_work_on_a_dying_node_runs_again_and_lost_objects_say_so(local_cluster):
     c = local_cluster(1, {"num_cpus": 1}, {"num_cpus": 1})
     victim, survivor = c.worker_nodes
     on_victim = NodeAffinitySchedulingStrategy(victim.node_id, soft=True)
-    only_there = make_array.options(scheduling_strategy=on_victim).remote(1_000_000)
+    only_there = make_array.options(scheduling_strategy=on_victim,
+                                    max_retries=0).remote(1_000_000)
+    rebuilt = make_array.options(scheduling_strategy=on_victim).remote(1_000_000)
     time.sleep(1.5)     # made there; not fetched (a wait would fetch it, as Ray's does)
     running = node_and_sleep.options(scheduling_strategy=on_victim, max_retries=2).remote(3.0)
     assert wait_for(lambda: miniray.available_resources().get("CPU", 0) <= 2.0, timeout=10)
     c.remove_node(victim, allow_graceful=False)
     # The task reruns on a live node (affinity is soft, retries remain).
     assert miniray.get(running, timeout=60) in (survivor.node_id, c.head_node.node_id)
-    # Its only copy was on the dead node: the error names the object and node.
+    # Only copies on the dead node: made again by re-running the task while it
+    # has retries (lineage; see test_cluster_lineage.py), else lost, saying so.
+    assert miniray.get(rebuilt, timeout=60)[-1] == 999_999
     with pytest.raises(miniray.exceptions.ObjectLostError) as info:
         miniray.get(only_there, timeout=30)
     assert victim.node_id in str(info.value) and only_there.hex() in str(info.value)

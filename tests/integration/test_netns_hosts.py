@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -129,7 +130,7 @@ def test_two_hosts_started_with_the_cli(two_hosts):
 
         @miniray.remote(resources={"B": 1})
         def on_b(arr):
-            import socket
+            print("hello from b")
             return float(arr.sum()), miniray.get_runtime_context().get_node_id()
 
         arr = np.arange(4_000_000, dtype=np.float64)      # 32 MB, pulled across the link
@@ -147,6 +148,9 @@ def test_two_hosts_started_with_the_cli(two_hosts):
     assert f"nodes 2 {sorted([a.ip, b.ip])}" in driver.stdout
     assert "sum-ok True" in driver.stdout and "remote True" in driver.stdout
     assert "back 3000000.0" in driver.stdout
+    # What the task printed on host B came to the driver on host A, with B's address.
+    assert re.search(rf"^\(on_b pid=\d+, ip={re.escape(b.ip)}\) hello from b$", driver.stdout,
+                     re.M), driver.stdout
 
 
 def test_a_wrong_token_cannot_join(two_hosts):
