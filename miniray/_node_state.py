@@ -165,7 +165,7 @@ class NodeState:
         self.actors = ActorManager(self)
         self.cluster = ClusterState(self, config)
         self.table.on_unreachable = self.actors.handles_gone
-        self.table.on_freed_remote = self.cluster.freed
+        self.table.on_freed_remote = self.cluster.transfer.freed
         self._events = {E.START: self._on_start, E.MESSAGES: self._on_messages,
                         E.CLOSED: self._on_closed, E.SPAWNED: self._on_spawned,
                         E.WORKER_EXITED: self._on_worker_exited, E.TIMER: self._on_timer,
@@ -504,7 +504,7 @@ class NodeState:
         for w in waiters:
             w.on_ready(self, entry)
         if entry.peer_waiters:
-            self.cluster.sealed(entry)
+            self.cluster.transfer.sealed(entry)
 
     def payload_for(self, client, e) -> tuple:
         """What to send for a READY entry; arena views are leased to ``client``."""
@@ -535,7 +535,7 @@ class NodeState:
                     e.waiters = [w]
                 else:
                     e.waiters.append(w)
-                self.cluster.ensure(e)
+                self.cluster.transfer.ensure(e)
         if w is None:
             payload_for = self.payload_for
             self.send(client, (M.REPLY, rid, True, [payload_for(client, entries[o]) for o in oids]))
@@ -597,7 +597,7 @@ class NodeState:
                         e.waiters = [w]
                     else:
                         e.waiters.append(w)
-                    self.cluster.ensure(e)
+                    self.cluster.transfer.ensure(e)
         if len(oids) - w.left >= num_returns:
             self._drop_from_entries(w)
             w.done = True
@@ -695,8 +695,9 @@ class NodeState:
                          actors=self.actors.count_alive())
             c = self.cluster
             if c.enabled:
-                stats.update(streams_out=c.streams_out, streams_in=c.streams_in,
-                             bytes_out=c.bytes_out, bytes_in=c.bytes_in)
+                x = c.transfer
+                stats.update(streams_out=x.streams_out, streams_in=x.streams_in,
+                             bytes_out=x.bytes_out, bytes_in=x.bytes_in)
             return stats
         if what == Q.OBJECT_INFO:
             e = self.table.entries.get(arg)
@@ -754,7 +755,7 @@ class NodeState:
         self.send(client, (M.BAD_FRAME, str(exc)))
 
     def _message_handlers(self) -> dict:
-        t, a, c = self.tasks, self.actors, self.cluster
+        t, a, c, x = self.tasks, self.actors, self.cluster, self.cluster.transfer
         return {M.HELLO: self.on_hello, M.SUBMIT: t.on_submit,
                 M.PUT_INLINE: self.on_put_inline, M.ALLOC: self.on_alloc,
                 M.ABORT_ALLOC: self.on_abort_alloc, M.SEAL: self.on_seal,
@@ -767,11 +768,11 @@ class NodeState:
                 # links between nodes
                 M.PEER_WELCOME: c.on_peer_welcome, M.NODE_STATUS: c.on_status,
                 M.CLUSTER_VIEW: c.on_view, M.FORWARD: c.on_forward, M.RESULTS: c.on_results,
-                M.PULL: c.on_pull, M.OBJECT: c.on_object, M.OBJECT_LOST: c.on_object_lost,
+                M.PULL: x.on_pull, M.OBJECT: x.on_object, M.OBJECT_LOST: x.on_object_lost,
                 M.FORWARD_ACTOR: c.on_forward_actor, M.ACTOR_AT: c.on_actor_at,
                 M.WHERE_ACTOR: c.on_where_actor, M.REPLY: c.on_reply,
-                M.OBJECT_META: c.on_object_meta, M.SEND_DATA: c.on_send_data,
-                M.DATA_DONE: c.on_data_done, M.PULL_FROM: c.on_pull_from,
+                M.OBJECT_META: x.on_object_meta, M.SEND_DATA: x.on_send_data,
+                M.DATA_DONE: x.on_data_done, M.PULL_FROM: x.on_pull_from,
                 # a worker's prints, toward their driver (here or over a link)
                 M.OUTPUT: self.on_output}
 

@@ -133,7 +133,7 @@ class TaskManager:
         deps = list(t.spec[S.DEPS])
         if t.spec[S.ARGS_OID] is not None:
             deps.append(t.spec[S.ARGS_OID])
-        ensure = self.st.cluster.ensure
+        ensure = self.st.cluster.transfer.ensure
         plain = t.actor is None
         for oid in deps:
             e = entries[oid]
@@ -178,7 +178,7 @@ class TaskManager:
             return False
         t.state = "waiting"
         t.deps_left = len(missing)
-        ensure = self.st.cluster.ensure
+        ensure = self.st.cluster.transfer.ensure
         for e in missing:
             if e.waiters is None:
                 e.waiters = [t]

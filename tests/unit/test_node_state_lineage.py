@@ -298,7 +298,7 @@ def test_a_get_on_another_node_waits_through_the_rebuild():
     # A driver on D got the ref (say, inside a value) and gets it: D pulls
     # from H, the owner, which pulls from B.  B dies before answering.
     dd = net.nodes["D"].driver()
-    net.nodes["D"].st.cluster._learn_owners({ret(f): "H"})
+    net.nodes["D"].st.cluster.learn_owners({ret(f): "H"})
     net.feed("D", (E.MESSAGES, dd, [(M.REFS, [(R.INCREF, ret(f))]), (M.GET, 3, [ret(f)])]))
     while net.queue and not net.entry("H", ret(f)).pulling:
         net.feed(*net.queue.popleft())
