@@ -1,0 +1,189 @@
+"""Cluster decisions in the nodes' pure states (``cluster_harness.Net``; no
+process, thread or socket): a task goes where its argument bytes are,
+actor names are unique across nodes, bytes streaming into a node are
+bounded, and a broadcast spreads over the nodes that have copies."""
+from __future__ import annotations
+
+from miniray import _node_transfer
+from miniray._node_state import D, E
+from miniray._object_table import READY
+
+from .cluster_harness import LARGE, Net
+from miniray import _task_spec as S
+
+from .node_harness import CPU1, SEND, VALUE, M, MiB, Q, R, init_spec, new_oid, ret, spec
+
+ON = {n: ((n, 1.0), ("CPU", 1.0)) for n in "BCD"}     # pinned to the node with resource n
+
+
+def nodes(*names):
+    """A head "H" with a driver, and nodes with a resource named as each."""
+    net = Net()
+    h = net.add("H", head=True)
+    for n in names:
+        net.add(n, resources={n: 1})
+    return net, h.driver()
+
+
+def put_large(net, name, cid, size=LARGE):
+    oid = new_oid()
+    net.msgs(name, cid, (M.ALLOC, 1, oid, size), (M.SEAL, oid, VALUE, True, []))
+    assert net.entry(name, oid).state == READY
+    return oid
+
+
+def did(net, name, tag) -> list:
+    """The instructions of kind ``tag`` node ``name`` gave, in order."""
+    return [x for n, kind, x in net.log if n == name and kind == "do" and x[0] == tag]
+
+
+def sent(net, name, tag) -> list:
+    """The messages of kind ``tag`` that node ``name`` sent, in order."""
+    return [ins[2] for ins in did(net, name, SEND) if ins[2][0] == tag]
+
+
+def replies(net, name, cid) -> list:
+    return [m for m in net.replies(name, cid) if m[0] == M.REPLY]
+
+
+# -- placement by argument bytes ---------------------------------------------------------------
+
+def test_a_task_runs_on_the_node_holding_its_argument_bytes():
+    net, d = nodes("B")
+    f = spec("f", shape=ON["B"])
+    net.behave["f"] = "large"
+    net.msgs("H", d, (M.SUBMIT, f))
+    g = spec("g", shape=CPU1, deps=[ret(f)])
+    net.msgs("H", d, (M.SUBMIT, g))
+    # The head could run g, but B holds the 4 MiB it reads: g goes there,
+    # and the head never pulls the object.
+    assert net.ran == [("B", "f"), ("B", "g")]
+    assert sent(net, "H", M.PULL) == []
+    assert net.entry("H", ret(f)).state != READY
+
+
+def test_small_arguments_do_not_move_a_task():
+    net, d = nodes("B")
+    f = spec("f", shape=ON["B"])
+    net.behave["f"] = b"small"
+    net.msgs("H", d, (M.SUBMIT, f))
+    g = spec("g", shape=CPU1, deps=[ret(f)])
+    net.msgs("H", d, (M.SUBMIT, g))
+    assert net.ran == [("B", "f"), ("H", "g")]
+
+
+def test_a_task_placed_here_pulls_its_arguments_made_elsewhere_first():
+    net, d = nodes("B")
+    f = spec("f", shape=ON["B"])
+    net.behave["f"] = "large"
+    net.msgs("H", d, (M.SUBMIT, f))
+    net.hold_names.add("busy")                       # B's only CPU stays taken
+    net.msgs("H", d, (M.SUBMIT, spec("busy", shape=ON["B"])))
+    g = spec("g", shape=CPU1, deps=[ret(f)])
+    net.msgs("H", d, (M.SUBMIT, g))
+    assert net.ran == [("B", "f"), ("H", "g")]
+    assert net.entry("H", ret(f)).state == READY     # pulled before g ran
+    [pull] = sent(net, "H", M.PULL)
+    assert pull[1] == ret(f)
+
+
+# -- actor names ---------------------------------------------------------------------------------
+
+def _opts(name, namespace=None, get_if_exists=False):
+    return {"name": name, "namespace": namespace, "get_if_exists": get_if_exists,
+            "lifetime": None, "max_restarts": 0, "max_task_retries": 0, "meta": b"actor meta"}
+
+
+def test_an_actor_name_taken_on_one_node_is_refused_on_another():
+    net, _ = nodes("B", "C")
+    db, dc = net.nodes["B"].driver(), net.nodes["C"].driver()
+    first = init_spec("A")
+    net.msgs("B", db, (M.ACTOR_CREATE, 1, first, _opts("solo")))
+    [made] = replies(net, "B", db)
+    assert made[2] is True
+    net.msgs("C", dc, (M.ACTOR_CREATE, 2, init_spec("A"), _opts("solo")))
+    [refused] = replies(net, "C", dc)
+    assert refused[2] is False and "already exists" in str(refused[3])
+    # get_if_exists hands back the first one, made on B.
+    net.msgs("C", dc, (M.ACTOR_CREATE, 3, init_spec("A"), _opts("solo", get_if_exists=True)))
+    [found] = replies(net, "C", dc)
+    assert found[2] is True and found[3][0] == first[S.ACTOR_ID] and found[3][2] is False
+    # Another namespace is another name.
+    net.msgs("C", dc, (M.ACTOR_CREATE, 4, init_spec("A"), _opts("solo", namespace="other")))
+    [other] = replies(net, "C", dc)
+    assert other[2] is True
+    # The head asked itself nothing; the claims went to it from B and C.
+    assert [q[2] for q in sent(net, "B", M.QUERY)] == [Q.CLAIM_ACTOR_NAME]
+    assert len(sent(net, "C", M.QUERY)) == 3
+
+
+def test_a_name_is_free_again_once_its_actor_is_gone():
+    net, _ = nodes("B", "C")
+    db, dc = net.nodes["B"].driver(), net.nodes["C"].driver()
+    first = init_spec("A")
+    net.msgs("B", db, (M.ACTOR_CREATE, 1, first, _opts("solo")))
+    net.msgs("B", db, (M.ACTOR_KILL, first[S.ACTOR_ID], True))
+    net.msgs("C", dc, (M.ACTOR_CREATE, 2, init_spec("A"), _opts("solo")))
+    assert [r[2] for r in replies(net, "C", dc)] == [True]
+
+
+# -- bytes in flight -----------------------------------------------------------------------------
+
+def test_objects_streaming_into_a_node_are_bounded(monkeypatch):
+    monkeypatch.setattr(_node_transfer, "MAX_INCOMING_BYTES", 6 * MiB)
+    net, d = nodes("B")
+    db = net.nodes["B"].driver()
+    a, b = put_large(net, "B", db), put_large(net, "B", db)     # 4 MiB each, on B
+    # A get on H wants both at once (refs owned by B, as a task's worker
+    # there would have passed them).
+    h = net.nodes["H"].st
+    h.cluster.learn_owners({a: "B", b: "B"})
+    net.msgs("H", d, (M.REFS, [(R.INCREF, a), (R.INCREF, b)]), (M.GET, 5, [a, b]))
+    assert [m[1] for m in sent(net, "B", M.OBJECT_META)] == [a, b]
+    # b's range was set aside only after all of a's bytes were in.
+    log = [(kind, x) for n, kind, x in net.log if n == "H"]
+    done_a = next(i for i, (kind, x) in enumerate(log) if kind == "event"
+                  and x[0] == E.MESSAGES and x[2][0][:2] == (M.DATA_DONE, a))
+    expect = [i for i, (kind, x) in enumerate(log) if kind == "do" and x[0] == D.EXPECT_RAW]
+    assert len(expect) == 2 and expect[0] < done_a < expect[1]
+    [(m, rid, ok, payloads)] = replies(net, "H", d)
+    assert rid == 5 and ok and len(payloads) == 2       # the get got both
+    assert h.cluster.transfer.incoming_bytes == 0
+
+
+# -- broadcast -----------------------------------------------------------------------------------
+
+def test_later_pullers_are_sent_to_nodes_that_have_a_copy():
+    net, d = nodes("B", "C", "D")
+    oid = put_large(net, "H", d)
+    net.hold_names.update({"rb", "rc", "rd"})        # readers keep their copies alive
+    for n in "BCD":
+        net.msgs("H", d, (M.SUBMIT, spec(f"r{n.lower()}", shape=ON[n], deps=[oid])))
+    # H streamed it to B; C was sent to B; D's turn came back to H.
+    assert [m[1:] for m in sent(net, "H", M.PULL_FROM)] == [(oid, "B")]
+    assert _arena_sends(net, "B") == [oid]
+    assert _arena_sends(net, "H") == [oid, oid]
+    for n in "BCD":
+        assert net.entry(n, oid).state == READY
+    for t in ("rb", "rc", "rd"):
+        net.release(t)
+    assert net.ran == [("B", "rb"), ("C", "rc"), ("D", "rd")]
+
+
+def test_a_puller_sent_to_a_freed_copy_asks_again():
+    net, d = nodes("B", "C")
+    oid = put_large(net, "H", d)
+    net.msgs("H", d, (M.SUBMIT, spec("rb", shape=ON["B"], deps=[oid])))
+    assert net.entry("B", oid) is None                # B's copy went with its task
+    net.msgs("H", d, (M.SUBMIT, spec("rc", shape=ON["C"], deps=[oid])))
+    # H sent C to B, B no longer had it, C asked H again (naming B) and H
+    # served it and forgot B's copy.
+    assert [m[1:] for m in sent(net, "H", M.PULL_FROM)] == [(oid, "B")]
+    assert [m[1] for m in sent(net, "B", M.OBJECT_LOST)] == [oid]
+    assert [m[1:] for m in sent(net, "C", M.PULL)][-1] == (oid, False, "B")
+    assert net.ran == [("B", "rb"), ("C", "rc")]
+    assert "B" not in net.entry("H", oid).copies
+
+
+def _arena_sends(net, name):
+    return [ins[2][1] for ins in did(net, name, D.SEND_ARENA)]
