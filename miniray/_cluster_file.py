@@ -3,7 +3,8 @@ the cluster token.
 
 Per-host state lives in ``$MINIRAY_CLUSTER_DIR`` (default
 ``<tmp>/miniray-<uid>``, mode 0700): ``cluster.json`` (mode 0600: this host's
-node, its local and peer addresses, the token) and, on the head's host,
+node, its local and peer addresses, the token, the paths of its TLS
+certificate and key if its links use TLS) and, on the head's host,
 ``token`` (mode 0600, the token text alone, to copy to the other hosts).
 ``init(address="auto")`` attaches to this host's node; so does
 ``init(address="HEAD:PORT")`` when this host's node belongs to that cluster:

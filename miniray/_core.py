@@ -50,7 +50,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 
-from . import _client_gate
+from . import _call_site, _client_gate
 from . import _protocol as P
 from . import _serialization as ser
 from ._client_gate import gate as _gate
@@ -96,6 +96,11 @@ class CoreClient:
             address, token, (M.HELLO, role, os.getpid(), worker_id, info))
         if not fds:
             sock.close()
+            if not address.startswith("unix:"):
+                raise ConnectionError(
+                    f"{address} is a node's TCP address, which only other nodes use: a driver "
+                    f"attaches to the node of its own host (its store is shared memory), with "
+                    f"init(address='auto') or the cluster's HEAD:PORT on a host that runs a node")
             raise NodeDiedError("the node did not pass its object store to this process")
         self.sock = sock
         self.welcome = welcome
@@ -130,6 +135,7 @@ class CoreClient:
         self._drops: deque = deque()
         self.remove = self._drops.append
         self.on_push = on_push
+        self.record_sites = _call_site.enabled()    # RAY_record_ref_creation_sites
         self.broken: BaseException | None = None
         self.registered_fns: set = set()
         self._serializers_sent = 0
@@ -462,11 +468,12 @@ class CoreClient:
                     self.known_values[oid] = (kind, data)
                     self.known_ready.add(oid)
                 return data
-            offset = self.write_arena(oid, sobj, size)
+            self.write_arena(oid, sobj, size)
             self.send((M.SEAL, oid, kind, hold, contained))
             if hold:
+                # Ready, but where it lives is not kept: the node may spill
+                # it and reuse its range, so each get asks (and pins a view).
                 self.known_ready.add(oid)
-                self.known_values[oid] = (kind, (offset, size))
             return None
 
     def write_arena(self, oid, sobj, size) -> int:
@@ -570,7 +577,8 @@ class CoreClient:
         for oid, payload in zip(oids, payloads):
             if payload is not None and oid in refs:
                 ready.add(oid)
-                known[oid] = payload
+                if type(payload[1]) is bytes:       # arena locations can change (spilling)
+                    known[oid] = payload
 
     def wait(self, oids, num_returns, timeout):
         ready = self.known_ready

@@ -9,10 +9,11 @@
 
 The server owns everything that touches the operating system: the selector,
 the listening socket and the connections (handshake, framing, write
-buffers), worker processes (spawn, reap through pidfds, SIGKILL, SIGUSR1
-pokes), timers, signals and the arena's prefault thread.  It turns what it
-reads into events for ``NodeState.handle`` and carries out the instructions
-that come back; it decides nothing about tasks, objects or actors.
+buffers; TLS on TCP links when configured, in ``_node_tls``), worker
+processes (spawn, reap through pidfds, SIGKILL, SIGUSR1 pokes), timers,
+signals and the arena's prefault thread.  It turns what it reads into events
+for ``NodeState.handle`` and carries out the instructions that come back; it
+decides nothing about tasks, objects or actors.
 
 One loop turn: wait for readiness (or the next timer), read everything
 available from every ready socket, hand all of it to the state in one
@@ -36,10 +37,13 @@ import sys
 import time
 from collections import deque
 
+from . import _node_tls
 from . import _protocol as P
+from . import _tls
 from ._node_events import E, D
 from ._node_state import NodeState
 from ._store.arena import Prefault, create_arena_file
+from ._store.spill_files import SpillFiles
 from ._transport import (MAGIC, NONCE_LEN, DIGEST_LEN, CHALLENGE_LEN, CLIENT_PROOF_LEN,
                          client_proof, node_proof, listen, parse_address)
 
@@ -48,20 +52,21 @@ EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 HUGE_PAGE = 2 * 2**20
 DIAL_TIMEOUT_S = 5.0     # a peer node's handshake must complete within this
+# What a non-blocking read or write raises when it would block (with TLS on,
+# its SSLWantRead/WantWrite too: see NodeServer.__init__).
+WOULD_BLOCK = (BlockingIOError, InterruptedError)
 POKE_TRIES = 20          # SIGUSR1s at most per cancel while output is pending
 SEND = D.SEND
 
 
-def log(msg: str) -> None:
-    sys.stderr.write(f"(miniray node pid={os.getpid()}) {msg}\n")
-    sys.stderr.flush()
+log = _node_tls.log
 
 
 class Conn:
     """One client connection: socket, framing and the output buffer."""
 
     __slots__ = ("sock", "cid", "server", "reader", "out", "authed", "nonce", "closed",
-                 "want_write", "dialing", "queue", "raw", "expect")
+                 "want_write", "dialing", "queue", "raw", "expect", "tls", "handler", "peer")
 
     def __init__(self, sock, server, cid):
         self.sock = sock
@@ -79,6 +84,9 @@ class Conn:
         self.closed = False
         self.want_write = False
         self.dialing = None     # our handshake as the client of a peer node (see _dial_step)
+        self.tls = None         # TLS handshake state (see _tls_step); None: none or done
+        self.handler = None     # the selector's callback for this socket
+        self.peer = None        # "ip:port" of a TCP client, for messages
 
     def send(self, msg) -> None:
         if self.closed:
@@ -126,12 +134,18 @@ def describe_exit(status: int) -> str:
     return f"ended with status {status}"
 
 
-class NodeServer:
+class NodeServer(_node_tls.TLSLinks):
     def __init__(self, config: dict, token: bytes):
+        global WOULD_BLOCK
         self.config = config
         self.token = token
         self.address = config["address"]
         self.sel = selectors.DefaultSelector()
+        # (server, client) SSL contexts when TCP links use TLS (_node_tls);
+        # plain nodes never import ssl.
+        self.tls = _tls.contexts(config["tls"]) if config.get("tls") else None
+        if self.tls is not None:
+            WOULD_BLOCK = _node_tls.would_block()
         self.listeners = [listen(self.address)]
         peer_address = None
         if config.get("peer_listen"):
@@ -174,6 +188,12 @@ class NodeServer:
                     D.STOP: self._stop, D.LOG: lambda ins: log(ins[1]),
                     D.READY: self._ready, D.CONNECT: self._connect,
                     D.SEND_ARENA: self._send_arena, D.EXPECT_RAW: self._expect_raw}
+        # Spilling: the state (_node_spill) decides, this thread writes and reads.
+        self.spill_io = SpillFiles(self.arena_fd, self._arena,
+                                   config.get("object_spilling_directory"), config["session"])
+        self.sel.register(self.spill_io.wake, EVENT_READ, self._spill_done)
+        for tag in (D.SPILL, D.RESTORE, D.DELETE_SPILL):
+            self._do[tag] = self.spill_io.submit
         owner = config.get("owner_pid")
         if owner:
             try:
@@ -213,6 +233,8 @@ class NodeServer:
             if done != self.prefault_seen:
                 self.prefault_seen = done
                 events.insert(0, (E.PREFAULT, done))
+            if self.spill_io.held:
+                self._spill_done()
             if events:
                 self.events = []
                 self.apply(self.state.handle(events))
@@ -246,8 +268,7 @@ class NodeServer:
                 continue
             if conn.pending() and not conn.want_write:
                 conn.want_write = True
-                self.sel.modify(conn.sock, EVENT_READ | EVENT_WRITE,
-                                lambda m, c=conn: self._on_conn(c, m))
+                self.sel.modify(conn.sock, EVENT_READ | EVENT_WRITE, conn.handler)
 
     def _write(self, conn) -> bool:
         """Send what the socket takes: queued items (frames, then object
@@ -266,7 +287,9 @@ class NodeServer:
             if conn.out:
                 sent = sock.send(conn.out)
                 del conn.out[:sent]
-        except BlockingIOError:
+        except WOULD_BLOCK:
+            # Over TLS nothing was taken: the same bytes (or more after
+            # them) go again, as OpenSSL requires of a retried write.
             pass
         except OSError:
             self._close(conn)
@@ -276,20 +299,32 @@ class NodeServer:
     def _accept(self, listener) -> None:
         while True:
             try:
-                sock, _ = listener.accept()
+                sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             sock.setblocking(False)
+            conn = Conn(sock, self, next(self._cids))
+            tls = False
             if sock.family == socket.AF_INET:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Conn(sock, self, next(self._cids))
+                tls = self.tls is not None
+                conn.peer = f"{addr[0]}:{addr[1]}"
             try:
-                sock.send(MAGIC + conn.nonce)
+                # With TLS, MAGIC and our nonce go inside it (_tls_step).
+                sock.send(_tls.TLS_GREETING if tls else MAGIC + conn.nonce)
             except OSError:
                 sock.close()
                 continue
             self.conns[conn.cid] = conn
-            self.sel.register(sock, EVENT_READ, lambda m, c=conn: self._on_conn(c, m))
+            self._register(conn, "greet" if tls else None)
+
+    def _register(self, conn, tls) -> None:
+        conn.tls = tls
+        if tls is None:
+            conn.handler = lambda m, c=conn: self._on_conn(c, m)
+        else:
+            conn.handler = lambda m, c=conn: self._on_tls(c, m)
+        self.sel.register(conn.sock, EVENT_READ, conn.handler)
 
     def _on_conn(self, conn: Conn, mask) -> None:
         if mask & EVENT_WRITE:
@@ -297,7 +332,7 @@ class NodeServer:
                 return
             if not conn.pending():
                 conn.want_write = False
-                self.sel.modify(conn.sock, EVENT_READ, lambda m, c=conn: self._on_conn(c, m))
+                self.sel.modify(conn.sock, EVENT_READ, conn.handler)
         if not mask & EVENT_READ:
             return
         if conn.raw is not None:
@@ -306,9 +341,11 @@ class NodeServer:
         reader = conn.reader
         try:
             n = reader.recv_from(conn.sock)
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:
             return
-        except OSError:
+        except OSError as exc:
+            if self.tls is not None:
+                self._tls_error(conn, exc)
             n = 0
         if not n:
             self._close(conn)
@@ -371,7 +408,7 @@ class NodeServer:
                 n = conn.sock.recv_into(dest[got:], size - got)
             else:           # nobody wanted it any more: read and drop
                 n = conn.sock.recv_into(conn.reader._scratch, min(size - got, P.RECV_SIZE))
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:
             return
         except OSError:
             n = 0
@@ -401,11 +438,13 @@ class NodeServer:
         rest = bytes(buf[CLIENT_PROOF_LEN:])
         buf.clear()
         if not hmac.compare_digest(got, client_proof(self.token, conn.nonce, client_nonce)):
-            try:
-                peer = conn.sock.getpeername() or "a local process"
-            except OSError:
-                peer = "a peer"
-            log(f"rejected a connection from {peer}: it does not hold this cluster's token")
+            peer = conn.peer or "a local process"
+            if client_nonce + got == _tls.TLS_NOTICE:
+                log(f"refused a connection from {peer}: it uses TLS and this node does not. "
+                    f"Every node of a cluster must use TLS, or none: start this node with "
+                    f"{_tls.HOW}, or drop TLS there")
+            else:
+                log(f"rejected a connection from {peer}: it does not hold this cluster's token")
             self._close(conn, notify=False)
             return None
         conn.authed = True
@@ -431,6 +470,11 @@ class NodeServer:
     def _welcome(self, ins) -> None:
         conn = self.conns.get(ins[1])
         if conn is None:
+            return
+        if conn.sock.family != socket.AF_UNIX:
+            # No store to pass over TCP (a client there finds no descriptor
+            # and says that drivers attach to their own host's node).
+            conn.send((M.WELCOME, ins[2]))
             return
         frame = P.encode((M.WELCOME, ins[2]))
         try:
@@ -550,10 +594,12 @@ class NodeServer:
             self.events.append((E.CLOSED, cid))
             return
         conn = Conn(sock, self, cid)
+        conn.peer = address
         # address, bytes so far, (their nonce, ours) once sent, deadline
         conn.dialing = [address, b"", None, time.monotonic() + DIAL_TIMEOUT_S]
         self.conns[cid] = conn
-        self.sel.register(sock, EVENT_READ, lambda m, c=conn: self._on_conn(c, m))
+        tls = self.tls is not None and family == socket.AF_INET
+        self._register(conn, "dial" if tls else None)
         self._arm_timer((D.TIMER, DIAL_TIMEOUT_S, None))
 
     def _check_dials(self) -> None:
@@ -571,24 +617,24 @@ class NodeServer:
         address, buf, nonces, _ = conn.dialing
         buf += data
         if nonces is None:
+            if len(buf) >= len(MAGIC) and buf[:len(MAGIC)] != MAGIC:
+                if buf[:len(MAGIC)] == _tls.TLS_GREETING:
+                    log(_tls.peer_is_tls(address) + " (this node was started without TLS)")
+                    self._notice(conn, _tls.PLAIN_NOTICE)
+                else:
+                    log(f"{address} is not a miniray node of this version")
+                self._close(conn)
+                return None
             if len(buf) < CHALLENGE_LEN:
                 conn.dialing[1] = buf
                 return None
-            if buf[:len(MAGIC)] != MAGIC:
-                log(f"{address} is not a miniray node of this version")
-                self._close(conn)
-                return None
             node_nonce = buf[len(MAGIC):CHALLENGE_LEN]
             nonce = os.urandom(NONCE_LEN)
-            try:
-                conn.sock.sendall(nonce + client_proof(self.token, node_nonce, nonce))
-            except OSError:
-                self._close(conn)
-                return None
+            # Our proof goes first, before the frames queued meanwhile.
+            conn.out[:0] = nonce + client_proof(self.token, node_nonce, nonce)
+            self.dirty.append(conn)
             nonces = conn.dialing[2] = (node_nonce, nonce)
             buf = buf[CHALLENGE_LEN:]
-            if conn.out:
-                self.dirty.append(conn)    # frames queued meanwhile may go now
         if len(buf) < DIGEST_LEN:
             conn.dialing[1] = buf
             return None
@@ -620,6 +666,14 @@ class NodeServer:
         conn = self.conns.get(cid)
         if conn is not None:
             conn.expect[oid] = memoryview(self._arena())[offset:offset + size]
+
+    # -- spilling (disk I/O in _store.spill_files) ---------------------------------------------
+    def _spill_done(self, mask=None) -> None:
+        """SPILLED / RESTORED for the state; a SPILLED whose ranges a peer
+        link is still sending waits (looked at again every turn)."""
+        self.events.extend(self.spill_io.results(self.conns.values()))
+        if self.spill_io.held:
+            self._arm_timer((D.TIMER, 0.005, None))
 
     def _pause_prefault(self, ins) -> None:
         self.prefault.pause()
@@ -662,6 +716,9 @@ class NodeServer:
             conn.sock.close()
         for lst in self.listeners:
             lst.close()
+        spilled = self.spill_io.stop()
+        if spilled and os.environ.get("MINIRAY_VERBOSE_SPILL_LOGS", "1") != "0":
+            log(spilled)
         self.prefault.stop()
         os.close(self.arena_fd)
 

@@ -20,6 +20,10 @@ class Ev(enum.IntEnum):
     TIMER = 6          # (TIMER, name, now): a timer armed by Do.TIMER fired
     PREFAULT = 7       # (PREFAULT, reserved_upto): arena pages reserved so far
     STOP = 8           # (STOP, why): a signal, or the driver that started the node died
+    # Spilling (``_node_spill``): the server's disk I/O is over.
+    SPILLED = 20       # (SPILLED, file_id, error): the SPILL batch is on disk (error None)
+                       #   or not at all (error: the text of the OSError)
+    RESTORED = 21      # (RESTORED, oid, error): its bytes are back in its range (error None)
 
 
 class Do(enum.IntEnum):
@@ -40,6 +44,12 @@ class Do(enum.IntEnum):
                         #   the range's bytes as they are
     EXPECT_RAW = 15     # (EXPECT_RAW, cid, oid, offset, size): that link's DATA for oid
                         #   goes straight into this arena range (then DATA_DONE)
+    # Spilling: done off the loop by the server's I/O thread, answered by an event.
+    SPILL = 20          # (SPILL, file_id, [(oid, offset, size), ...]): write these ranges,
+                        #   back to back, to a new spill file (then SPILLED)
+    RESTORE = 21        # (RESTORE, oid, file_id, file_offset, size, offset): read the
+                        #   bytes back into this range (then RESTORED)
+    DELETE_SPILL = 22   # (DELETE_SPILL, file_id): no object needs the file any more
 
 
 E = P._as_ints(Ev)

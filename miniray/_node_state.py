@@ -33,9 +33,11 @@ from . import _task_spec as S
 from ._node_actors import ActorManager
 from ._node_cluster import ClusterState
 from ._node_events import E, D
+from ._node_spill import SpillManager
 from ._node_tasks import TaskManager
 from ._object_table import ObjectTable, READY, CREATING
 from ._scheduler import ResourcePool, ReadyQueues
+from ._store_report import StoreReport
 from ._serialization import dumps
 from ._task_output import prefix_lines, source_prefix
 from .exceptions import ObjectLostError, ObjectStoreFullError, RaySystemError
@@ -164,12 +166,14 @@ class NodeState:
         self.tasks = TaskManager(self)
         self.actors = ActorManager(self)
         self.cluster = ClusterState(self, config)
+        self.report = StoreReport(self)      # LIST_OBJECTS / STORE_STATS, call sites
         self.table.on_unreachable = self.actors.handles_gone
         self.table.on_freed_remote = self.cluster.transfer.freed
         self._events = {E.START: self._on_start, E.MESSAGES: self._on_messages,
                         E.CLOSED: self._on_closed, E.SPAWNED: self._on_spawned,
                         E.WORKER_EXITED: self._on_worker_exited, E.TIMER: self._on_timer,
                         E.PREFAULT: self._on_prefault, E.STOP: self._on_stop}
+        self.spill = SpillManager(self, config)     # a store that fills up (+ its events)
         self._handlers = self._message_handlers()
 
     # -- the entry point ----------------------------------------------------------------
@@ -183,6 +187,7 @@ class NodeState:
         if self.schedule_needed and not self.stopping:
             self.schedule_needed = False
             self.tasks.schedule()
+        self.spill.settle()     # spill, read back (and schedule what that made runnable)
         return out
 
     # -- instructions (the only way anything leaves the state) ------------------------------
@@ -309,6 +314,8 @@ class NodeState:
             self._reap_idle_workers()
         elif ev[1] == "heartbeat":
             self.cluster.heartbeat()
+        elif ev[1] in self.report.gathers:
+            self.report.expire(ev[1])
 
     def _on_prefault(self, ev) -> None:
         self.prefault_done = ev[1]
@@ -475,8 +482,8 @@ class NodeState:
             raise ValueError(f"object {oid.hex()} exists already; objects are immutable")
         try:
             e = table.allocate(oid, size, client)
-        except ObjectStoreFullError as exc:
-            self.send(client, (M.REPLY, rid, False, ObjectStoreFullError(str(exc))))
+        except ObjectStoreFullError:
+            self.spill.alloc_full(client, msg)     # waits for room, or fails (_node_spill)
             return
         if size >= LARGE_WRITE:
             self.out.append((D.PAUSE_PREFAULT,))
@@ -488,6 +495,7 @@ class NodeState:
         if oid in client.unsealed:
             client.unsealed.discard(oid)
             self.table.drop_unsealed(oid, client)
+        self.spill.abort_alloc(client, oid)
 
     def on_seal(self, client, msg) -> None:
         _, oid, kind, hold, contained = msg
@@ -509,6 +517,8 @@ class NodeState:
     def payload_for(self, client, e) -> tuple:
         """What to send for a READY entry; arena views are leased to ``client``."""
         if e.inline is None:
+            if e.spilled:
+                return None         # on disk (a GET answered early: another one failed)
             self.table.pin_view(client.views, e)
         return e.payload()
 
@@ -537,11 +547,13 @@ class NodeState:
                     e.waiters.append(w)
                 self.cluster.transfer.ensure(e)
         if w is None:
-            payload_for = self.payload_for
-            self.send(client, (M.REPLY, rid, True, [payload_for(client, entries[o]) for o in oids]))
-            return
+            if not self.spill.files or not any(entries[o].spilled for o in oids):
+                pf = self.payload_for
+                self.send(client, (M.REPLY, rid, True, [pf(client, entries[o]) for o in oids]))
+                return
+            w = Waiter(client, rid, oids, 0, False)     # some are on disk: read back first
         self._start_waiting(client, w)
-        if failed:
+        if failed or not w.left:
             self.finish_get(w)
 
     def _start_waiting(self, client, w) -> None:
@@ -567,6 +579,8 @@ class NodeState:
     def finish_get(self, w) -> None:
         """Answer a GET: a payload per object, None for those not ready
         (only when one of them failed)."""
+        if w.left <= 0 and self.spill.files and self.spill.get_first(w):
+            return          # some are on disk: read back first (then this runs again)
         self._end_waiting(w)
         if w.left > 0:
             self._drop_from_entries(w)
@@ -663,6 +677,8 @@ class NodeState:
     # -- messages: queries ------------------------------------------------------------------------
     def on_query(self, client, msg) -> None:
         _, rid, what, arg = msg
+        if what == P.Q.LIST_OBJECTS or what == P.Q.STORE_STATS:
+            return self.report.answer(client, rid, what, arg)     # maybe from every node
         try:
             result = self._query(what, arg)
         except Exception as exc:
@@ -692,7 +708,7 @@ class NodeState:
             stats.update(workers=len(self.workers), idle=len(self.idle),
                          worker_pids=[w.pid for w in self.workers.values() if w.pid],
                          ready_tasks=len(self.ready), tasks=len(self.tasks.tasks),
-                         actors=self.actors.count_alive())
+                         actors=self.actors.count_alive(), **self.spill.stats())
             c = self.cluster
             if c.enabled:
                 x = c.transfer
@@ -704,7 +720,7 @@ class NodeState:
             if e is None:
                 return None
             return {"state": e.state, "holders": e.holders, "pins": e.pins, "size": e.size,
-                    "inline": e.inline is not None}
+                    "inline": e.inline is not None, "spilled": e.spilled}
         if what == Q.CLAIM_ACTOR_NAME and cluster.enabled and cluster.is_head:
             name, namespace, aid, meta, node_id = arg
             return cluster.claim_name(aid, name, namespace, meta, node_id)
@@ -774,7 +790,7 @@ class NodeState:
                 M.OBJECT_META: x.on_object_meta, M.SEND_DATA: x.on_send_data,
                 M.DATA_DONE: x.on_data_done, M.PULL_FROM: x.on_pull_from,
                 # a worker's prints, toward their driver (here or over a link)
-                M.OUTPUT: self.on_output}
+                M.OUTPUT: self.on_output, M.CALL_SITE: self.report.on_call_site}
 
 
 # Requests whose second field is the request id their REPLY answers.

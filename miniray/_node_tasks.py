@@ -25,6 +25,9 @@ from .exceptions import (NodeDiedError, ObjectLostError, TaskCancelledError,
 M = P.M
 ACTOR_CREATE = TaskKind.ACTOR_CREATE
 ERROR = P.K.ERROR
+# Queued tasks from which specs are compacted (see TaskManager._compact).
+COMPACT_FROM = 1000
+_NO_DEPS: list = []     # shared by compacted specs: never changed in place
 
 
 class Task:
@@ -73,11 +76,30 @@ class TaskManager:
         self.infeasible: list = []      # ready tasks no node can run (yet)
         self.warned: set = set()        # (client cid, shape) already told
         self.lineage = LineageManager(st, Task)     # rebuilding results lost with a node
+        self.shared: dict = {}          # one copy of the spec fields queued tasks repeat
 
     # -- submission -------------------------------------------------------------------
     def on_submit(self, client, msg) -> None:
-        t = self.create(msg[1], client)
+        spec = msg[1]
+        if len(self.tasks) >= COMPACT_FROM:
+            spec = self._compact(spec)
+        t = self.create(spec, client)
         self.start(t)
+
+    def _compact(self, spec) -> tuple:
+        """A long queue (a million tasks submitted in a loop) holds every
+        decoded spec: the fields most of them repeat (function key, name,
+        resource shape, no deps) are kept once, not once per task (~280
+        bytes each).  Distinct values are few; the table is cleared if a
+        program makes them many."""
+        shared = self.shared
+        if len(shared) > 4096:
+            shared.clear()
+        key, name, shape = spec[S.FN_KEY], spec[S.NAME], spec[S.RESOURCES]
+        deps = spec[S.DEPS]
+        return spec[:S.FN_KEY] + (shared.setdefault(key, key), shared.setdefault(name, name)) \
+            + spec[S.ARGS:S.DEPS] + (deps or _NO_DEPS,) + spec[S.NUM_RETURNS:S.RESOURCES] \
+            + (shared.setdefault(shape, shape),) + spec[S.MAX_RETRIES:]
 
     def create(self, spec, client, actor=None) -> Task:
         # Everything that can raise on a malformed spec comes before the
@@ -310,6 +332,8 @@ class TaskManager:
 
     def dispatch(self, t: Task, w) -> None:
         st = self.st
+        if (st.spill.files or st.spill.deferred) and st.spill.defer_dispatch(t, w):
+            return          # an argument is on disk: EXECUTE once it is back (_node_spill)
         client = w.client
         spec = t.spec
         key = spec[S.FN_KEY]

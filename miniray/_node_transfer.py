@@ -175,6 +175,8 @@ class ObjectTransfer:
         if e is None or e.state != READY or e.inline is not None:
             st.send(client, (M.OBJECT_LOST, oid, f"node {self.cluster.node_id} no longer has it"))
             return
+        if e.spilled and st.spill.send_first(client, e, msg):
+            return          # on disk: read back first, then this runs again (_node_spill)
         self.streams_out += 1
         self.bytes_out += e.size
         # The puller will have a copy: later pullers may be sent there.

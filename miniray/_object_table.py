@@ -12,6 +12,15 @@ An entry lives while anything can reach its object:
 When both reach zero the entry is dropped, its arena range goes back to the
 allocator and the refs it contained are unpinned (which may free more).
 
+Spilling (``_node_spill`` decides, the server writes): a sealed arena
+object nobody is reading (``viewers`` 0, not ``protect``-ed by a request
+about to read it) may be written to a spill file (``disk``: file id and
+offset) and its range freed; it stays READY.  ``resident`` lists the sealed
+objects whose bytes are in the arena, least recently read first (``touch``:
+GET replies and task arguments); ``io`` says a range is being written out
+(SPILLING) or read back (RESTORING: the range is allocated, its bytes are
+not there yet, and it is freed only once the read is over).
+
 States: PENDING (a task will make it) -> CREATING (an arena range is being
 written) -> READY.  Waiters (GET/WAIT requests, tasks waiting on arguments)
 are told when an entry becomes READY.
@@ -24,6 +33,8 @@ reaches zero ``drop_lineage`` lets go of the arguments it kept.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from ._protocol import K
 from .exceptions import ObjectStoreFullError
 from ._store.allocator import Allocator
@@ -31,6 +42,8 @@ from ._store.allocator import Allocator
 __all__ = ["ObjectTable", "Entry", "Lineage", "PENDING", "CREATING", "READY"]
 
 PENDING, CREATING, READY = 0, 1, 2
+SPILLING, RESTORING, QUEUED = 1, 2, 3       # Entry.io: being written out / read back /
+                                            # waiting for room to be read back
 ACTOR_HANDLE = K.ACTOR_HANDLE   # an actor id doubles as an object id
 
 
@@ -71,7 +84,8 @@ ACTOR_RESULT = Lineage(None, None, 0, 0)
 class Entry:
     __slots__ = ("oid", "state", "kind", "inline", "offset", "size", "holders",
                  "pins", "contained", "waiters", "task", "writer", "owner", "location",
-                 "pulling", "peer_waiters", "remote_leases", "lineage", "copies")
+                 "pulling", "peer_waiters", "remote_leases", "lineage", "copies",
+                 "viewers", "disk", "io", "protect")
 
     def __init__(self, oid):
         self.oid = oid
@@ -100,6 +114,19 @@ class Entry:
         # The task that made it, if submitted here in a cluster (a Lineage,
         # or ACTOR_RESULT): what rebuilds it if its only copy is lost.
         self.lineage = None
+        # Spilling (see the module docstring): zero-copy views handed out
+        # (also counted in pins); (file id, offset) of its copy on disk;
+        # I/O under way; requests about to read it (never spilled then).
+        self.viewers = 0
+        self.disk = None
+        self.io = 0
+        self.protect = 0
+
+    @property
+    def spilled(self) -> bool:
+        """Its bytes are on disk only (spilled, not read back yet)."""
+        return self.disk is not None and self.inline is None and (
+            self.offset < 0 or self.io == RESTORING)
 
     def payload(self):
         """What a reader needs: (kind, bytes) or (kind, (offset, size))."""
@@ -116,6 +143,11 @@ class ObjectTable:
         self.high_water = 0      # end of the highest range ever handed out
         self.on_unreachable = None   # callback(entry) for actor handles (see release)
         self.on_freed_remote = None  # callback(entry) for entries leased on other nodes
+        self.on_freed_disk = None    # callback(entry) for entries with a copy on disk
+        self.resident = OrderedDict()   # oid -> sealed entry in the arena, least recent first
+        # Something may have become spillable or room was made (a seal, a
+        # last view gone, a range freed): the spill policy looks again.
+        self.hint = False
 
     # -- creation -----------------------------------------------------------
     def get_or_create(self, oid) -> Entry:
@@ -156,6 +188,9 @@ class ObjectTable:
             self.inline_bytes += len(inline)
         e.state = READY
         e.writer = None
+        if inline is None and e.offset >= 0:
+            self.resident[e.oid] = e
+            self.hint = True
         if contained:
             e.contained = contained
             entries = self.entries
@@ -206,9 +241,13 @@ class ObjectTable:
             self.release(e)
 
     def pin_view(self, views: dict, e: Entry) -> None:
-        """A zero-copy view of ``e`` was handed to a process (its ``views``)."""
+        """A zero-copy view of ``e`` was handed to a process (its ``views``);
+        it is the most recently used object now."""
         e.pins += 1
+        e.viewers += 1
         views[e.oid] = views.get(e.oid, 0) + 1
+        if e.oid in self.resident:
+            self.resident.move_to_end(e.oid)
 
     def unpin_view(self, views: dict, oid) -> None:
         n = views.get(oid, 0)
@@ -217,6 +256,11 @@ class ObjectTable:
                 del views[oid]
             else:
                 views[oid] = n - 1
+            e = self.entries.get(oid)
+            if e is not None:
+                e.viewers -= 1
+                if not e.viewers:
+                    self.hint = True
             self.unpin(oid)
 
     def release_process(self, writer, held: set, views: dict, unsealed: set) -> None:
@@ -229,6 +273,8 @@ class ObjectTable:
             e = entries.get(oid)
             if e is not None:
                 e.pins -= n
+                e.viewers -= n
+                self.hint = True
                 self.release(e)
         views.clear()
         for oid in held:
@@ -263,8 +309,13 @@ class ObjectTable:
                 self.inline_bytes -= len(e.inline)
                 e.inline = None
             if e.offset >= 0:
-                self.alloc.free(e.offset)
+                if e.io != RESTORING:       # else freed when the read is over
+                    self.alloc.free(e.offset)
+                    self.hint = True
                 e.offset = -1
+                self.resident.pop(e.oid, None)
+            if e.disk is not None and self.on_freed_disk is not None:
+                self.on_freed_disk(e)
             for c in e.contained:
                 ce = entries.get(c)
                 if ce is not None:
@@ -300,6 +351,7 @@ class ObjectTable:
         e = self.entries.get(oid)
         if e is not None and e.state == CREATING and (writer is None or e.writer is writer):
             self.alloc.free(e.offset)
+            self.hint = True
             e.offset, e.size, e.state = -1, 0, PENDING
             e.writer = None
             if e.holders <= 0 and e.pins <= 0 and e.task is None and not e.waiters:
@@ -307,6 +359,19 @@ class ObjectTable:
                 if e.lineage is not None:
                     rec, e.lineage = e.lineage, None
                     self.drop_lineage(rec)
+
+    # -- spilling (the policy is ``_node_spill``) -------------------------------
+    @staticmethod
+    def spillable(e: Entry) -> bool:
+        """Sealed, in the arena, and nobody reads it or is about to."""
+        return not (e.viewers or e.protect or e.io) and e.offset >= 0 and e.inline is None
+
+    def free_range(self, e: Entry) -> None:
+        """``e``'s bytes are safe on disk: its range goes back (it stays READY)."""
+        self.alloc.free(e.offset)
+        e.offset = -1
+        self.resident.pop(e.oid, None)
+        self.hint = True
 
     def stats(self) -> dict:
         a = self.alloc

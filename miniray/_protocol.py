@@ -34,6 +34,9 @@ client -> node
   ACTOR_CALL    spec
   ACTOR_KILL    actor_id, no_restart[, reason]
   SHUTDOWN
+  CALL_SITE     task_id, text                     (only with RAY_record_ref_creation_sites=1)
+                where the put or submit that follows was made (file:line); kept as
+                opaque text for LIST_OBJECTS (see ``_store_report``)
   OUTPUT        job, stream (1 stdout | 2 stderr), text, cont, (name, pid, node_id, ip),
                 task_id | None     a worker's print, as whole lines (or a partial line at
                 a flush; ``cont``: its first line continues one already sent); the node
@@ -144,6 +147,7 @@ class Msg(enum.IntEnum):
     DATA_DONE = 45
     OUTPUT = 46
     PULL_FROM = 48
+    CALL_SITE = 60
 
 
 class RefOp(enum.IntEnum):
@@ -167,6 +171,8 @@ class Query(enum.IntEnum):
     STATS = 6
     OBJECT_INFO = 7
     CLAIM_ACTOR_NAME = 8    # node -> head: (name, namespace, aid, meta, node_id)
+    LIST_OBJECTS = 20       # {scope: "cluster" | "node", limit}: what fills the store
+    STORE_STATS = 21        # {scope}: used, spilled, free, capacity per node
 
 
 def _as_ints(enum_cls):

@@ -202,7 +202,8 @@ def set_current(rt) -> None:
 def init_driver(address=None, *, num_cpus=None, num_gpus=None, resources=None,
                 object_store_memory=None, ignore_reinit_error=False, namespace=None,
                 huge_pages=False, plasma_directory=None, prefault_bytes=None,
-                job_config=None, log_to_driver=True) -> Runtime:
+                job_config=None, log_to_driver=True, object_spilling_directory=None,
+                object_spilling_threshold=None) -> Runtime:
     """Start a local node (or connect to ``address``); make this process's runtime.
     ``log_to_driver=False``: what this driver's tasks print stays in the
     logs of the nodes (for a node it starts itself: its stderr, where the
@@ -215,6 +216,7 @@ def init_driver(address=None, *, num_cpus=None, num_gpus=None, resources=None,
                                "miniray.shutdown() first, or pass ignore_reinit_error=True.")
         object_store_memory = _check_init_args(num_cpus, resources, object_store_memory,
                                                huge_pages, plasma_directory)
+        spilling = check_spilling(object_spilling_directory, object_spilling_threshold)
         namespace = plain_str(namespace, "namespace", none_ok=True)
         if namespace is None and job_config is not None:
             namespace = job_config.ray_namespace
@@ -223,7 +225,10 @@ def init_driver(address=None, *, num_cpus=None, num_gpus=None, resources=None,
         if address not in (None, "local"):
             given = [k for k, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus),
                                     ("resources", resources),
-                                    ("object_store_memory", object_store_memory)) if v is not None]
+                                    ("object_store_memory", object_store_memory),
+                                    ("object_spilling_directory", object_spilling_directory),
+                                    ("object_spilling_threshold", object_spilling_threshold))
+                     if v is not None]
             if given:
                 raise ValueError(
                     f"When connecting to an existing cluster, {', '.join(given)} must not be "
@@ -237,7 +242,8 @@ def init_driver(address=None, *, num_cpus=None, num_gpus=None, resources=None,
         user_token = configured_token()
         addr, token, proc, session = start_node(
             cpus, resources, store, num_gpus=num_gpus, plasma_directory=plasma_directory,
-            huge_pages=huge_pages, prefault_bytes=prefault_bytes, token=user_token)
+            huge_pages=huge_pages, prefault_bytes=prefault_bytes, token=user_token,
+            spilling=spilling)
         try:
             rt = connect_driver(addr, token, node_proc=proc, namespace=namespace,
                                 session=session, job_config=job_config,
@@ -287,6 +293,27 @@ def _check_init_args(num_cpus, resources, object_store_memory, huge_pages, plasm
     return object_store_memory
 
 
+def check_spilling(directory, threshold) -> dict:
+    """The spilling options, checked (for ``init`` and ``miniray start``):
+    where spilled objects go (a directory made at the first spill, default
+    the temp dir; its parents are made too) and the fraction of the store
+    above which objects are spilled ahead of need."""
+    out = {}
+    if directory is not None:
+        if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+            raise ValueError(f"object_spilling_directory must be a path (str), got "
+                             f"{directory!r}")
+        out["object_spilling_directory"] = os.path.abspath(os.fspath(directory))
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or \
+                not 0 < threshold <= 1:
+            raise ValueError(f"object_spilling_threshold must be a fraction of the object "
+                             f"store in (0, 1] (objects are spilled to disk once the store is "
+                             f"that full; default 0.8), got {threshold!r}")
+        out["object_spilling_threshold"] = float(threshold)
+    return out
+
+
 def _default_store_size() -> int:
     import psutil
     total = psutil.virtual_memory().total
@@ -308,9 +335,11 @@ def default_memory(object_store_memory) -> int:
 
 def start_node(num_cpus, resources, object_store_memory, *, num_gpus=None,
                plasma_directory=None, huge_pages=False, prefault_bytes=None, owner=True,
-               address=None, env_extra=None, cluster=None, token=None, memory=None):
+               address=None, env_extra=None, cluster=None, token=None, memory=None,
+               spilling=None):
     """Start a node daemon; returns (address, token, process, session).  Its
-    token is ``token`` if given, else a new random one."""
+    token is ``token`` if given, else a new random one; ``spilling``: what
+    ``check_spilling`` returned."""
     session = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
     token = token or os.urandom(32)
     address = address or f"unix:@miniray-{session}"
@@ -326,6 +355,7 @@ def start_node(num_cpus, resources, object_store_memory, *, num_gpus=None,
         "sys_path": sys_path,
         "memory": default_memory(object_store_memory) if memory is None else int(memory),
     }
+    config.update(spilling or {})
     if cluster:
         # is_head, peer_listen "ip:port", head_address, node_ip (see _node_cluster)
         config.update(cluster)

@@ -28,6 +28,7 @@ import os
 import warnings
 
 from . import _serialization as ser
+from ._call_site import note as note_call_site
 from ._ids import ObjectRef, new_task_id, object_id_for
 from ._protocol import M
 from ._runtime import FIRST_JOB, user_stacklevel
@@ -263,6 +264,8 @@ def submit_task(client, key, name, packed, fixed, namespace, job_id=FIRST_JOB):
     if namespace is not None or job_id != FIRST_JOB:
         extra = job_extra(namespace, job_id, extra)
     spec = task_spec(_TASK, key, name, packed, n, shape, retries, retry_exc, extra=extra)
+    if client.record_sites:          # RAY_record_ref_creation_sites=1 (off: nothing)
+        note_call_site(client, spec[TASK_ID])
     client.send_later((_SUBMIT, spec))
     return return_refs(spec[TASK_ID], n)
 
@@ -291,6 +294,8 @@ def create_actor(client, key, class_name, packed, shape, *, is_async, max_concur
                  "lifetime": lifetime, "max_restarts": forever(max_restarts),
                  "max_task_retries": forever(max_task_retries), "meta": meta}
     client.check_serializers()
+    if client.record_sites:
+        note_call_site(client, aid)
     ok, payload = client.request(lambda rid: (_ACTOR_CREATE, rid, spec, node_opts))
     if not ok:
         raise payload
@@ -303,5 +308,7 @@ def call_actor(client, actor_id, key, qualname, method, packed, fixed, extra=Non
     n, retries, retry_exc = fixed
     spec = task_spec(_CALL, key, qualname, packed, n, (), retries, retry_exc,
                      actor_id=actor_id, method=method, extra=extra)
+    if client.record_sites:
+        note_call_site(client, spec[TASK_ID])
     client.send_later((_ACTOR_CALL, spec))
     return return_refs(spec[TASK_ID], n)

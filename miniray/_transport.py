@@ -18,6 +18,10 @@ the proofs are bound to both nonces (no replay, no reflection: the two
 proofs are labelled differently).  The node side of the handshake is
 non-blocking and lives in ``_node``; this module holds the shared pieces,
 the client side and address parsing.
+
+TCP links may run inside TLS (``_tls``): a TLS node greets with
+``TLS_GREETING`` in clear instead of ``MAGIC``, and everything above then
+runs inside the TLS channel.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import socket
 import struct
 
 from . import _protocol as P
+from . import _tls
 from .exceptions import RaySystemError
 
 __all__ = ["MAGIC", "NONCE_LEN", "DIGEST_LEN", "make_token", "digest",
@@ -95,8 +100,52 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def connect_client(address: str, token: bytes, hello: tuple, *, timeout: float = 10.0):
-    """Connect, authenticate, send HELLO and read WELCOME.
+def _greeting(sock, address, tls: bool) -> bytes:
+    """The node's first five bytes: MAGIC (plain) or TLS_GREETING.  A
+    mismatch with ``tls`` tells the node why we leave, and raises."""
+    first = _recv_exact(sock, len(MAGIC))
+    if first == (_tls.TLS_GREETING if tls else MAGIC):
+        return first
+    if first == (MAGIC if tls else _tls.TLS_GREETING):
+        try:
+            sock.sendall(_tls.TLS_NOTICE if tls else _tls.PLAIN_NOTICE)
+        except OSError:
+            pass
+        raise ConnectionError(_tls.peer_is_plain(address) if tls else _tls.peer_is_tls(address))
+    raise RaySystemError(f"{address} is not a miniray node of this version "
+                         f"(bad greeting {first!r})")
+
+
+def _tls_greeting(sock, address, tls):
+    """Over TCP: the greeting, then (if ``tls``, settings from ``_tls``) the
+    TLS handshake, and the node's MAGIC inside it.  Returns the socket to use."""
+    _greeting(sock, address, tls is not None)
+    if tls is None:
+        return sock
+    import ssl
+    ctx = _tls.client_context(tls)
+    tls_sock = ctx.wrap_socket(sock, do_handshake_on_connect=False)
+    try:
+        tls_sock.do_handshake()
+        if _recv_exact(tls_sock, len(MAGIC)) != MAGIC:
+            raise RaySystemError(f"{address} is not a miniray node of this version")
+    except ssl.SSLError as exc:
+        tls_sock.close()
+        raise ConnectionError(_tls.handshake_failed(address, exc)) from None
+    except BaseException:
+        tls_sock.close()
+        raise
+    return tls_sock
+
+
+_FROM_ENV = object()
+
+
+def connect_client(address: str, token: bytes, hello: tuple, *, timeout: float = 10.0,
+                   tls=_FROM_ENV):
+    """Connect, authenticate, send HELLO and read WELCOME.  Over TCP, with
+    TLS when ``tls`` (``_tls.settings()``; None: plain; default: from the
+    environment) says so.
 
     Returns (socket, welcome_info, fds, messages after the welcome, frame
     reader).  The socket is left blocking with no timeout.
@@ -108,11 +157,10 @@ def connect_client(address: str, token: bytes, hello: tuple, *, timeout: float =
         sock.connect(sockaddr)
         if family == socket.AF_INET:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        challenge = _recv_exact(sock, CHALLENGE_LEN)
-        if challenge[:len(MAGIC)] != MAGIC:
-            raise RaySystemError(f"{address} is not a miniray node of this version "
-                                 f"(bad greeting {challenge[:len(MAGIC)]!r})")
-        node_nonce = challenge[len(MAGIC):]
+            sock = _tls_greeting(sock, address, _tls.settings() if tls is _FROM_ENV else tls)
+        else:
+            _greeting(sock, address, False)
+        node_nonce = _recv_exact(sock, NONCE_LEN)
         client_nonce = os.urandom(NONCE_LEN)
         sock.sendall(client_nonce + client_proof(token, node_nonce, client_nonce)
                      + P.encode(hello))

@@ -17,6 +17,7 @@ from ._ids import ObjectRef, is_actor_call, new_task_id, object_id_for
 from ._options import REMOTE_ARGS_ERROR, plain_str
 from ._protocol import M, Q as Query
 from ._task_kind import TaskKind, kind_of
+from ._call_site import note as note_call_site
 from ._submit import encode_meta
 from .actor import ActorClass, ActorHandle, _method_table, method
 from .job_config import JobConfig
@@ -33,7 +34,7 @@ _ACCEPTED_INIT_KWARGS = {
     "local_mode", "_system_config", "_temp_dir", "storage", "_metrics_export_port",
     "enable_resource_isolation", "labels", "_node_ip_address", "_enable_object_reconstruction",
     "_plasma_directory", "_memory", "logging_config", "system_reserved_cpu",
-    "system_reserved_memory", "object_spilling_directory", "_tracing_startup_hook",
+    "system_reserved_memory", "_tracing_startup_hook",
 }
 
 
@@ -51,13 +52,18 @@ class _NotRefs(TypeError, ValueError):
 def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
          object_store_memory=None, ignore_reinit_error=False, namespace=None,
          huge_pages=False, plasma_directory=None, job_config=None, _prefault_bytes=None,
-         log_to_driver=True, **kwargs):
+         log_to_driver=True, object_spilling_directory=None, object_spilling_threshold=None,
+         **kwargs):
     """Start a local node (or connect to ``address``) and return its context:
     a dict-like ``RayContext`` (``ctx.address_info["address"]`` is what a
     second driver passes as ``address``) that also works as ``with init():``.
     What this driver's tasks print, on any node, is written to its
     sys.stdout / sys.stderr, prefixed ``(name pid=N)`` (``, ip=X`` for
-    another node); ``log_to_driver=False`` leaves it in the nodes' logs."""
+    another node); ``log_to_driver=False`` leaves it in the nodes' logs.
+    When the store passes ``object_spilling_threshold`` (default 0.8) of
+    its size, or an object does not fit, objects nobody is reading are
+    spilled to ``object_spilling_directory`` (default: the temp dir) and
+    read back when needed (docs/object_store.md)."""
     unknown = set(kwargs) - _ACCEPTED_INIT_KWARGS
     if unknown:
         raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -71,7 +77,8 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
         object_store_memory=object_store_memory, ignore_reinit_error=ignore_reinit_error,
         namespace=namespace, huge_pages=huge_pages, plasma_directory=plasma_directory,
         prefault_bytes=_prefault_bytes, job_config=job_config,
-        log_to_driver=bool(log_to_driver))
+        log_to_driver=bool(log_to_driver), object_spilling_directory=object_spilling_directory,
+        object_spilling_threshold=object_spilling_threshold)
     return _runtime.RayContext(rt)
 
 
@@ -159,6 +166,8 @@ def put(value, *, _owner=None):
     client.check_serializers()
     sobj = ser.serialize(value, where="the value passed to put()")
     oid = object_id_for(new_task_id(), 0)
+    if client.record_sites:          # RAY_record_ref_creation_sites=1 (off: nothing)
+        note_call_site(client, oid)
     client.store(oid, sobj)
     return ObjectRef(oid, _owned=True)
 

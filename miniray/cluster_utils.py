@@ -12,6 +12,10 @@ benchmarks and trying multi-node programs on one machine::
     miniray.init(address=cluster.address)
     ...
     miniray.shutdown(); cluster.shutdown()
+
+TLS on the links: ``add_node(tls_cert=..., tls_key=..., tls_ca=...)`` (or in
+``head_node_args``), else ``MINIRAY_TLS_CERT``/``MINIRAY_TLS_KEY``/
+``MINIRAY_TLS_CA`` from the environment, as ``miniray start`` (see ``_tls``).
 """
 from __future__ import annotations
 
@@ -74,10 +78,15 @@ class Cluster:
 
     def add_node(self, wait: bool = True, *, num_cpus: float = 1, num_gpus: float | None = None,
                  resources: dict | None = None, object_store_memory: int | None = None,
-                 node_ip_address: str = "127.0.0.1", **_ignored) -> ClusterNode:
+                 node_ip_address: str = "127.0.0.1", tls_cert: str | None = None,
+                 tls_key: str | None = None, tls_ca: str | None = None,
+                 **_ignored) -> ClusterNode:
         """Start a node: the head first, then nodes that join it.  Returns
         once the node serves (a joining node: once the head accepted it)."""
-        from . import _runtime
+        from . import _runtime, _tls
+        tls = _tls.settings(tls_cert, tls_key, tls_ca)
+        if tls is not None:
+            _tls.contexts(tls)              # a bad file fails here, with its name
         is_head = self.head_node is None
         if is_head:
             cluster = {"is_head": True, "peer_listen": f"{node_ip_address}:0",
@@ -85,6 +94,8 @@ class Cluster:
         else:
             cluster = {"head_address": self.address, "peer_listen": f"{node_ip_address}:0",
                        "node_ip": node_ip_address}
+        if tls is not None:
+            cluster["tls"] = tls
         address, _, proc, _ = _runtime.start_node(
             int(num_cpus), resources, int(object_store_memory or DEFAULT_STORE),
             num_gpus=num_gpus, owner=False, cluster=cluster, token=self.token)

@@ -189,12 +189,13 @@ def test_put_loop_reuses_store(ray_factory):
 
 
 def test_store_full_error(ray_factory):
+    # Full of an object being read (a view is alive): it cannot be spilled.
     ray = ray_factory(object_store_memory=64 * 2**20)
-    keep = ray.put(np.zeros(40 * 2**20, dtype=np.uint8))
+    keep = ray.get(ray.put(np.zeros(40 * 2**20, dtype=np.uint8)))
     with pytest.raises(ObjectStoreFullError) as info:
         ray.put(np.zeros(40 * 2**20, dtype=np.uint8))
     msg = str(info.value)
-    assert "MiB" in msg and "object_store_memory" in msg
+    assert "MiB" in msg and "object_store_memory" in msg and "pinned by readers" in msg
     assert isinstance(info.value, MemoryError)
     del keep
 

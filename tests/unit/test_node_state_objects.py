@@ -193,16 +193,19 @@ def test_large_alloc_pauses_the_prefault():
 
 
 def test_store_full_replies_object_store_full_and_keeps_working():
+    # A store full of objects being read (a view is alive: nothing can be
+    # spilled; see test_node_state_spill for the rest).
     n = Node(arena_size=MiB)
     d = n.driver()
     x = new_oid()
     arena_put(n, d, x, 700 * 1024)
+    n.get(d, 1, [x])
     out = alloc(n, d, 2, new_oid(), 700 * 1024)
     assert [ins[:2] for ins in out] == [(SEND, d)] and out[0][2][:3] == (M.REPLY, 2, False)
     err = out[0][2][3]
     assert isinstance(err, ObjectStoreFullError)
-    assert "0.7 MiB" in str(err) and "1 objects" in str(err) and "1.0 MiB" in str(err)
-    n.decref(d, x)
+    assert "0.7 MiB" in str(err) and "pinned by readers" in str(err) and "1.0 MiB" in str(err)
+    n.msgs(d, (M.REFS, [(R.UNPIN, x), (R.DECREF, x)]))
     assert alloc(n, d, 3, new_oid(), 700 * 1024) == [(SEND, d, (M.REPLY, 3, True, (0, 716800)))]
 
 
@@ -287,7 +290,7 @@ def test_object_info_and_stats_queries():
     x = new_oid()
     arena_put(n, d, x, 100)
     assert n.msgs(d, (M.QUERY, 1, Q.OBJECT_INFO, x)) == [(SEND, d, (M.REPLY, 1, True, {
-        "state": 2, "holders": 1, "pins": 0, "size": 100, "inline": False}))]
+        "state": 2, "holders": 1, "pins": 0, "size": 100, "inline": False, "spilled": False}))]
     assert n.msgs(d, (M.QUERY, 2, Q.OBJECT_INFO, new_oid())) == [
         (SEND, d, (M.REPLY, 2, True, None))]
     s = spec()

@@ -482,3 +482,23 @@ def test_get_answers_as_soon_as_one_object_failed():
     assert replies[0][3][0] is None and replies[0][3][1][0] == ERROR
     # The slow task's result no longer has this GET waiting on it.
     assert not n.entry(ret(slow)).waiters
+
+
+def test_a_long_queue_keeps_one_copy_of_the_fields_its_specs_repeat():
+    from miniray import _node_tasks
+    n = Node().pool()
+    d = n.driver()
+    specs = [spec("f") for _ in range(_node_tasks.COMPACT_FROM + 50)]
+    for s in specs:
+        n.submit(d, s)
+    queued = [n.st.tasks.tasks[s[S.TASK_ID]].spec for s in specs[-50:]]
+    for field in (S.FN_KEY, S.NAME, S.RESOURCES, S.DEPS):
+        assert len({id(q[field]) for q in queued}) == 1, field
+    assert queued == specs[-50:]                  # the same values
+    # They run as submitted.
+    first, last = specs[0], specs[-1]
+    assert n.done(1, first)[0] == (SEND, n.wc(1), execute(specs[1], blob=None))
+    for s in specs[1:-1]:
+        n.done(1, s)
+    n.done(1, last)
+    assert n.value(ret(last)) == (VALUE, b"value")

@@ -50,6 +50,7 @@ class FakeClient:
     """Records what would be sent; answers ACTOR_CREATE like the node."""
 
     inline_threshold = 100 * 1024
+    record_sites = False        # RAY_record_ref_creation_sites off (``_call_site``)
 
     def __init__(self):
         self.sent = []
