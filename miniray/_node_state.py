@@ -37,6 +37,7 @@ from ._node_spill import SpillManager
 from ._node_tasks import TaskManager
 from ._object_table import ObjectTable, READY, CREATING
 from ._scheduler import ResourcePool, ReadyQueues
+from ._node_queries import NodeQueries
 from ._store_report import StoreReport
 from ._serialization import dumps
 from ._task_output import prefix_lines, source_prefix
@@ -167,6 +168,7 @@ class NodeState:
         self.actors = ActorManager(self)
         self.cluster = ClusterState(self, config)
         self.report = StoreReport(self)      # LIST_OBJECTS / STORE_STATS, call sites
+        self.queries = NodeQueries(self)
         self.table.on_unreachable = self.actors.handles_gone
         self.table.on_freed_remote = self.cluster.transfer.freed
         self._events = {E.START: self._on_start, E.MESSAGES: self._on_messages,
@@ -674,62 +676,6 @@ class NodeState:
             elif op == P.R.UNPIN:
                 table.unpin_view(client.views, oid)
 
-    # -- messages: queries ------------------------------------------------------------------------
-    def on_query(self, client, msg) -> None:
-        _, rid, what, arg = msg
-        if what == P.Q.LIST_OBJECTS or what == P.Q.STORE_STATS:
-            return self.report.answer(client, rid, what, arg)     # maybe from every node
-        try:
-            result = self._query(what, arg)
-        except Exception as exc:
-            if what == P.Q.GET_ACTOR and self.cluster.ask_head(client, rid, what, arg):
-                return          # maybe on another node: the head knows
-            self.send(client, (M.REPLY, rid, False, exc))
-            return
-        self.send(client, (M.REPLY, rid, True, result))
-
-    def _query(self, what, arg):
-        Q = P.Q
-        cluster = self.cluster
-        if what == Q.CLUSTER_RESOURCES:
-            return cluster.total() if cluster.enabled else dict(self.resources.total)
-        if what == Q.AVAILABLE_RESOURCES:
-            return cluster.available() if cluster.enabled else self.available_now()
-        if what == Q.NODES:
-            if cluster.enabled:
-                return cluster.nodes_rows()
-            return [{"NodeID": self.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
-                     "NodeManagerHostname": self.config.get("hostname", ""),
-                     "Resources": dict(self.resources.total), "alive": True,
-                     "ObjectStoreSocketName": self.config["address"],
-                     "NodeManagerPort": 0, "MetricsExportPort": 0}]
-        if what == Q.STATS:
-            stats = self.table.stats()
-            stats.update(workers=len(self.workers), idle=len(self.idle),
-                         worker_pids=[w.pid for w in self.workers.values() if w.pid],
-                         ready_tasks=len(self.ready), tasks=len(self.tasks.tasks),
-                         actors=self.actors.count_alive(), **self.spill.stats())
-            c = self.cluster
-            if c.enabled:
-                x = c.transfer
-                stats.update(streams_out=x.streams_out, streams_in=x.streams_in,
-                             bytes_out=x.bytes_out, bytes_in=x.bytes_in)
-            return stats
-        if what == Q.OBJECT_INFO:
-            e = self.table.entries.get(arg)
-            if e is None:
-                return None
-            return {"state": e.state, "holders": e.holders, "pins": e.pins, "size": e.size,
-                    "inline": e.inline is not None, "spilled": e.spilled}
-        if what == Q.CLAIM_ACTOR_NAME and cluster.enabled and cluster.is_head:
-            name, namespace, aid, meta, node_id = arg
-            return cluster.claim_name(aid, name, namespace, meta, node_id)
-        if what == Q.GET_ACTOR and cluster.enabled and cluster.is_head:
-            found = cluster.named_actor(*arg)
-            if found is not None:
-                return found
-        return self.actors.query(what, arg)
-
     # -- frames that cannot be decoded or handled ---------------------------------------------------
     def _on_unknown(self, client, msg) -> None:
         raise RaySystemError(f"unknown message tag {msg[0]!r}: the sender speaks another version "
@@ -778,7 +724,7 @@ class NodeState:
                 M.GET: self.on_get, M.WAIT: self.on_wait, M.WAIT_NOW: self.on_wait_now,
                 M.DROP_REQ: self.on_drop_req, M.REFS: self.on_refs,
                 M.REGISTER_FN: self.on_register_fn, M.SERIALIZERS: self.on_serializers,
-                M.TASK_DONE: t.on_task_done, M.CANCEL: t.on_cancel, M.QUERY: self.on_query,
+                M.TASK_DONE: t.on_task_done, M.CANCEL: t.on_cancel, M.QUERY: self.queries.on_query,
                 M.ACTOR_CREATE: a.on_create, M.ACTOR_CALL: a.on_call, M.ACTOR_KILL: a.on_kill,
                 M.SHUTDOWN: self.on_shutdown, M.BAD_FRAME: self.on_bad_frame,
                 # links between nodes
