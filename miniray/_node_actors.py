@@ -471,7 +471,7 @@ class ActorManager:
                 st.tasks.fail(t, exc)
         if a.name and self.named.get((a.namespace, a.name)) == a.aid:
             del self.named[(a.namespace, a.name)]
-        st.cluster.actor_gone(a.aid)
+        st.cluster.actor_gone(a.aid, a.creator)
         w = a.worker
         a.worker = None
         if w is not None:

@@ -87,6 +87,10 @@ class ClusterState:
         self.code_sent: dict = {}         # node_id -> function keys it has from us
         self.actor_nodes: dict = {}       # actor id -> node id, for actors elsewhere
         self.calls_waiting: dict = {}     # actor id -> tasks waiting to learn where it is
+        # Actors created from here that live elsewhere: what restarts one on
+        # another node if its node dies ([spec, opts, creator, restarts left]).
+        self.created_here: dict = {}
+        self.dead_actors: dict = {}       # actor id -> why calls to it fail (died with a node)
         self.directory: dict = {}         # (head) actor id -> (node id, name, namespace, meta)
         self.asked: dict = {}             # our request id -> (client, their request id)
         self.transfer = ObjectTransfer(self)   # objects that move between nodes
@@ -267,15 +271,45 @@ class ClusterState:
         if lost:
             st.tasks.lineage.lost(lost, f"its only copy was on node {node_id}, which died "
                                         f"({why})")
+        if self.is_head:
+            for aid, row in list(self.directory.items()):
+                if row[0] == node_id:
+                    del self.directory[aid]
+        for aid, where in list(self.actor_nodes.items()):
+            if where == node_id:
+                del self.actor_nodes[aid]
+                self._actor_lost(aid, node_id, why)
         for tid, where in list(self.forwarded.items()):
             if where == node_id:
                 del self.forwarded[tid]
                 t = st.tasks.tasks.get(tid)
                 if t is not None:
                     st.tasks.remote_node_died(t, node_id, why)
-        for aid, where in list(self.actor_nodes.items()):
-            if where == node_id:
-                del self.actor_nodes[aid]
+
+    def _actor_lost(self, aid, node_id, why) -> None:
+        """An actor created from here lived on a node that died: start it
+        again where it fits (here or elsewhere) while it has restarts left
+        (``max_restarts``), as a crash of its worker would; else calls to
+        it fail naming the node."""
+        rec = self.created_here.pop(aid, None)
+        died = f"lived on node {node_id}, which died ({why})"
+        if rec is None:
+            self.dead_actors[aid] = died
+            return
+        spec, opts, creator, left = rec
+        if left == 0 or (creator.closed and opts.get("lifetime") != "detached"):
+            self.dead_actors[aid] = died + ", and it has no restarts left (max_restarts)" \
+                if left == 0 else died + ", and its creator is gone"
+            return
+        st = self.st
+        e = st.table.entries.get(aid)
+        if e is not None:
+            e.location = None          # its handles' lease there went with the node
+        opts = dict(opts, max_restarts=left - 1 if left > 0 else left)
+        try:
+            st.actors.on_create(creator, (M.ACTOR_CREATE, None, spec, opts), claimed=True)
+        except Exception as exc:       # no node can take it now
+            self.dead_actors[aid] = died + f"; starting it again failed: {exc}"
 
     # -- placement ---------------------------------------------------------------------------
     def place(self, t) -> str | None:
@@ -369,8 +403,11 @@ class ClusterState:
         e.state = READY
         e.location = node_id
         self.actor_nodes[aid] = node_id
+        self.created_here[aid] = [spec, opts, client, opts.get("max_restarts", 0)]
+        self._count_against(node_id, spec[S.RESOURCES])
         st.send(c, (M.FORWARD_ACTOR, spec, opts) + self._shipment(spec, node_id))
-        st.send(client, (M.REPLY, rid, True, (aid, opts.get("meta"), True)))
+        if rid is not None:
+            st.send(client, (M.REPLY, rid, True, (aid, opts.get("meta"), True)))
 
     def on_forward_actor(self, client, msg) -> None:
         _, spec, opts, owners, blob, serializers = msg
@@ -410,10 +447,15 @@ class ClusterState:
         elif self.head is not None:
             self.st.send(self.head, (M.ACTOR_AT, row))
 
-    def actor_gone(self, aid) -> None:
-        """An actor of this node died: the head forgets where it was."""
+    def actor_gone(self, aid, creator=None) -> None:
+        """An actor of this node died for good: the head forgets where it
+        was, and so does the node that created it here (it would otherwise
+        start it again should this node die)."""
         if self.enabled:
             self.actor_created(aid, None, None, None, node_id=None)
+            if creator is not None and creator.role == "node" and not creator.closed \
+                    and creator is not self.head:
+                self.st.send(creator, (M.ACTOR_AT, (aid, None, None, None, None)))
 
     def on_actor_at(self, client, msg) -> None:
         aid, node_id, name, namespace, meta = msg[1]
@@ -424,6 +466,10 @@ class ClusterState:
                 self.directory[aid] = (node_id, name, namespace, meta)
         if node_id is not None and node_id != self.node_id:
             self.actor_nodes[aid] = node_id
+        elif node_id is None:
+            self.created_here.pop(aid, None)
+            if self.actor_nodes.pop(aid, None) is not None or not self.is_head:
+                self.dead_actors.setdefault(aid, None)      # calls fail, not ask again
         waiting = self.calls_waiting.pop(aid, ())
         for t in waiting:
             self.call_remote_actor(t)
@@ -433,6 +479,10 @@ class ClusterState:
         aid = t.spec[S.ACTOR_ID]
         node_id = self.actor_nodes.get(aid)
         if node_id is None:
+            if aid in self.dead_actors:
+                why = self.dead_actors[aid]
+                st.tasks.fail(t, _dead_actor(aid, why) if why else _unknown_actor(aid))
+                return
             if self.is_head:
                 st.tasks.fail(t, _unknown_actor(aid))
                 return
@@ -510,13 +560,17 @@ class ClusterState:
         shipment = self._shipment(t.spec, node_id)
         t.state = "remote"
         self.forwarded[t.tid] = node_id
-        # Count it against the node's free resources until its next status
-        # arrives, so a burst is spread rather than piled on one node.
-        avail = self.nodes[node_id].available
-        for k, v in t.shape:
-            avail[k] = avail.get(k, 0.0) - v
+        self._count_against(node_id, t.shape)
         st.send(c, (M.FORWARD, t.spec) + shipment)
         return True
+
+    def _count_against(self, node_id, shape) -> None:
+        """A task or actor sent to ``node_id`` uses its resources from now
+        until its next status says so: a burst is spread, not piled on one
+        node."""
+        avail = self.nodes[node_id].available
+        for k, v in shape:
+            avail[k] = avail.get(k, 0.0) - v
 
     def owner_of(self, oid) -> str:
         e = self.st.table.entries.get(oid)
@@ -666,6 +720,11 @@ class ClusterState:
                 for k, v in n.available.items():
                     out[k] = out.get(k, 0.0) + v
         return out
+
+
+def _dead_actor(aid, why):
+    from .exceptions import ActorDiedError
+    return ActorDiedError(f"the actor {aid.hex()} {why}", actor_id=aid)
 
 
 def _unknown_actor(aid):

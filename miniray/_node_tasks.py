@@ -19,7 +19,7 @@ from ._node_lineage import LineageManager
 from ._object_table import READY
 from ._scheduler import format_resources, gpu_amount
 from ._task_kind import TaskKind, kind_of
-from .exceptions import (NodeDiedError, ObjectLostError, TaskCancelledError,
+from .exceptions import (ActorDiedError, NodeDiedError, ObjectLostError, TaskCancelledError,
                          WorkerCrashedError)
 
 M = P.M
@@ -479,7 +479,19 @@ class TaskManager:
 
     def remote_node_died(self, t: Task, node_id, why) -> None:
         """The node a task was forwarded to died: place it again while
-        retries remain (as for a crashed worker)."""
+        retries remain (as for a crashed worker); an actor call goes to
+        its actor again (restarted elsewhere, or failing clearly)."""
+        if t.spec[S.ACTOR_ID] is not None:
+            if t.retries_left > 0 and not t.cancelled:
+                t.retries_left -= 1
+                t.state = "ready"
+                self.st.cluster.call_remote_actor(t)
+                return
+            self.fail(t, ActorDiedError(
+                f"the actor of call '{t.spec[S.NAME]}' lived on node {node_id}, which died "
+                f"({why}), while the call was sent there; it has no retries left "
+                f"(max_task_retries)", actor_id=t.spec[S.ACTOR_ID]))
+            return
         if t.retries_left > 0 and not t.cancelled:
             t.retries_left -= 1
             t.state = "ready"

@@ -11,7 +11,10 @@ from miniray._object_table import READY
 from .cluster_harness import LARGE, Net
 from miniray import _task_spec as S
 
-from .node_harness import CPU1, SEND, VALUE, M, MiB, Q, R, init_spec, new_oid, ret, spec
+from miniray.exceptions import ActorDiedError
+
+from .node_harness import (CPU1, SEND, VALUE, M, MiB, Q, R, call_spec, init_spec, new_oid, ret,
+                           spec)
 
 ON = {n: ((n, 1.0), ("CPU", 1.0)) for n in "BCD"}     # pinned to the node with resource n
 
@@ -187,3 +190,64 @@ def test_a_puller_sent_to_a_freed_copy_asks_again():
 
 def _arena_sends(net, name):
     return [ins[2][1] for ins in did(net, name, D.SEND_ARENA)]
+
+
+# -- actors on a node that dies ------------------------------------------------------------------
+
+def _actor_on_x(max_restarts, **call_kw):
+    net = Net()
+    h = net.add("H", head=True)
+    for n in "BC":
+        net.add(n, resources={"X": 1})
+    d = h.driver()
+    init = init_spec("A", shape=(("X", 1.0),))
+    aid = init[S.ACTOR_ID]
+    opts = dict(_opts(None), max_restarts=max_restarts)
+    net.msgs("H", d, (M.ACTOR_CREATE, 1, init, opts))
+    where = h.st.cluster.actor_nodes[aid]
+    net.msgs("H", d, (M.ACTOR_CALL, call_spec(aid, "m")))
+    assert net.ran[-2:] == [(where, "A"), (where, "A.m")] or (where, "A.m") in net.ran
+    return net, h, d, aid, where
+
+
+def test_an_actor_whose_node_dies_starts_again_on_another_node():
+    net, h, d, aid, where = _actor_on_x(max_restarts=1)
+    other = "C" if where == "B" else "B"
+    net.kill(where)
+    assert h.st.cluster.actor_nodes[aid] == other
+    call = call_spec(aid, "m")
+    net.msgs("H", d, (M.ACTOR_CALL, call))
+    assert net.ran[-1] == (other, "A.m")
+    assert net.nodes["H"].value(ret(call)) == (VALUE, b"small value")
+    # Its one restart is spent: the next death ends it, naming the node.
+    net.kill(other)
+    call = call_spec(aid, "m")
+    net.msgs("H", d, (M.ACTOR_CALL, call))
+    err = net.nodes["H"].error(ret(call))
+    assert isinstance(err, ActorDiedError) and other in str(err) and "max_restarts" in str(err)
+
+
+def test_an_actor_without_restarts_fails_its_calls_naming_its_dead_node():
+    net, h, d, aid, where = _actor_on_x(max_restarts=0)
+    net.hold_names.add("A.m")                    # a call under way when the node dies
+    pending = call_spec(aid, "m")
+    net.msgs("H", d, (M.ACTOR_CALL, pending))
+    net.kill(where)
+    err = net.nodes["H"].error(ret(pending))
+    assert isinstance(err, ActorDiedError) and where in str(err)
+    later = call_spec(aid, "m")
+    net.msgs("H", d, (M.ACTOR_CALL, later))
+    err = net.nodes["H"].error(ret(later))
+    assert isinstance(err, ActorDiedError) and where in str(err)
+
+
+def test_a_call_with_retries_follows_its_actor_to_the_new_node():
+    net, h, d, aid, where = _actor_on_x(max_restarts=1)
+    other = "C" if where == "B" else "B"
+    net.hold_names.add("A.m")
+    call = call_spec(aid, "m", max_retries=1)
+    net.msgs("H", d, (M.ACTOR_CALL, call))
+    net.kill(where)
+    net.release("A.m")
+    assert net.ran[-1] == (other, "A.m")
+    assert net.nodes["H"].value(ret(call)) == (VALUE, b"small value")
