@@ -604,17 +604,42 @@ class ClusterState:
                 out.append((oid, e.kind, e.inline, e.size, self.owner_map(e.contained)))
             else:
                 out.append((oid, e.kind, None, e.size, self.owner_map(e.contained)))
-        st.send(t.origin, (M.RESULTS, t.tid, out))
+        st.send(t.origin, (M.RESULTS, t.tid, out) + self._borrowed(t))
         for oid, kind, data, size, _ in out:
             if data is not None:
                 st.table.unhold(t.origin.held, oid)
+
+    def _borrowed(self, t) -> tuple:
+        """Refs the forwarded task ``t`` was given that this node still
+        holds once it is done (an actor kept them, a worker still has
+        them): the origin keeps each alive for us, on the link RESULTS
+        goes by, before it lets go of the task's own pins (one link keeps
+        the order: no window in which nobody holds it).  DECREF on that
+        link when our entry goes (``ObjectTransfer.freed``)."""
+        borrowed = []
+        entries = self.st.table.entries
+        for oid in self.st.tasks._pinned(t.spec):
+            e = entries.get(oid)
+            if e is None or e.holders == 0 or e.owner in (None, self.node_id):
+                continue
+            leases = e.remote_leases
+            if leases is None:
+                leases = e.remote_leases = []
+            if t.origin not in leases:
+                leases.append(t.origin)
+                borrowed.append(oid)
+        return (borrowed,) if borrowed else ()
 
     def owner_map(self, contained) -> dict:
         return {oid: self.owner_of(oid) for oid in contained} if contained else {}
 
     def on_results(self, client, msg) -> None:
-        _, tid, results = msg
+        _, tid, results = msg[:3]
         st = self.st
+        table = st.table
+        for oid in (msg[3] if len(msg) > 3 else ()):
+            if oid in table.entries:        # the peer borrows it (see _borrowed)
+                table.hold(client.held, oid)
         where = self.forwarded.pop(tid, None)
         t = st.tasks.tasks.get(tid)
         n = self.nodes.get(where)

@@ -264,7 +264,7 @@ class ObjectTransfer:
         e.location = None
         if e.remote_leases is None:
             e.remote_leases = []
-        e.remote_leases.append(client.peer)
+        e.remote_leases.append(client)
         table = self.st.table
         self.st.notify(e, table.seal(e, kind, inline, contained))
         table.release(e)
@@ -285,11 +285,13 @@ class ObjectTransfer:
             self.st.send(c, (M.REFS, [(P.R.DECREF, oid)]))
 
     def freed(self, e) -> None:
-        """An entry that held leases on other nodes is gone: give them back."""
-        nodes = list(e.remote_leases or ())
+        """An entry that held leases on other nodes is gone: give them back,
+        each on the link it was taken on (the lease is that link's)."""
+        links = set(e.remote_leases or ())
         if e.location is not None:
-            nodes.append(e.location)
-        for node_id in set(nodes):
-            c = self.cluster.links.get(node_id)
-            if c is not None and not c.closed:
+            c = self.cluster.links.get(e.location)
+            if c is not None:
+                links.add(c)
+        for c in links:
+            if not c.closed:
                 self.st.send(c, (M.REFS, [(P.R.DECREF, e.oid)]))

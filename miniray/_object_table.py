@@ -102,7 +102,7 @@ class Entry:
         self.writer = None      # who is writing its range (CREATING)
         # Cluster: the node counting its refs if not this one; where its
         # only copy is while not here; a pull under way; peer links waiting
-        # for it; nodes holding a lease for us (DECREF them when it goes).
+        # for it; peer links we hold a lease on (DECREF on each when it goes).
         self.owner = None
         self.location = None
         self.pulling = False

@@ -232,3 +232,40 @@ def test_head_death_ends_the_cluster_with_a_clear_error(local_cluster):
     with pytest.raises(miniray.exceptions.NodeDiedError):
         miniray.get(node_id.remote(), timeout=10)
     assert time.monotonic() - t0 < 10
+
+
+@miniray.remote(num_cpus=0)
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self):
+        self.n += 1
+        return self.n, miniray.get_runtime_context().get_node_id()
+
+
+def test_an_actor_whose_node_dies_restarts_on_another_node(local_cluster):
+    c = local_cluster(1, {"num_cpus": 1, "resources": {"X": 2}},
+                      {"num_cpus": 1, "resources": {"X": 2}})
+    again = Counter.options(resources={"X": 1}, max_restarts=1).remote()
+    once = Counter.options(resources={"X": 1}, max_restarts=0).remote()
+    n1, where = miniray.get(again.add.remote(), timeout=30)
+    _, where_once = miniray.get(once.add.remote(), timeout=30)
+    assert n1 == 1 and {where, where_once} == {n.node_id for n in c.worker_nodes}
+    victim = next(n for n in c.worker_nodes if n.node_id == where)
+    c.remove_node(victim, allow_graceful=False)
+    # Started again (its state anew, as after a crash) on the node that is left.
+    survivor = next(n.node_id for n in c.worker_nodes if n.node_id != where)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert miniray.get(again.add.remote(), timeout=30) == (1, survivor)
+            break
+        except miniray.exceptions.ActorDiedError:
+            # A call sent before the node was declared dead fails (no
+            # max_task_retries), as in Ray; later calls reach the new one.
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    if where_once == where:
+        with pytest.raises(miniray.exceptions.ActorDiedError, match=where):
+            miniray.get(once.add.remote(), timeout=30)
