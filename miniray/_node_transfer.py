@@ -294,4 +294,25 @@ class ObjectTransfer:
                 links.add(c)
         for c in links:
             if not c.closed:
-                self.st.send(c, (M.REFS, [(P.R.DECREF, e.oid)]))
+                self.st.send(c, (M.REFS, self._keep_contained(e, c) + [(P.R.DECREF, e.oid)]))
+
+    def _keep_contained(self, e, link) -> list:
+        """A pulled object goes, but a ref it held was taken out and is
+        still held here: lease that ref on the same link, ahead of the
+        DECREF that lets the object (and what it kept alive there) go."""
+        ops = []
+        if not e.contained:
+            return ops
+        entries = self.st.table.entries
+        me = self.cluster.node_id
+        for oid in e.contained:
+            ce = entries.get(oid)
+            if ce is None or ce.owner in (None, me) or (ce.holders == 0 and ce.pins <= 1):
+                continue
+            leases = ce.remote_leases
+            if leases is None:
+                leases = ce.remote_leases = []
+            if link not in leases:
+                leases.append(link)
+                ops.append((P.R.INCREF, oid))
+        return ops

@@ -127,3 +127,25 @@ def test_a_broadcast_to_nodes_at_once_arrives_whole_everywhere(local_cluster):
         got = miniray.get(refs, timeout=60)
         assert got == [want] * 6
         del ref, refs
+
+
+def test_a_ref_taken_out_of_a_pulled_object_outlives_the_object(local_cluster):
+    local_cluster(1, {"num_cpus": 1, "resources": {"B": 1}})
+
+    @miniray.remote(resources={"B": 1})
+    class Unpacker:
+        def take(self, boxed):
+            self.x = miniray.get(boxed[0])[0]       # the ref inside the pulled list
+            return 1
+
+        def total(self):
+            return float(miniray.get(self.x).sum())
+
+    u = Unpacker.remote()
+    x = miniray.put(np.ones(1_000_000))
+    box = miniray.put([x])
+    assert miniray.get(u.take.remote([box]), timeout=30) == 1
+    del x, box
+    gc.collect()
+    time.sleep(1.0)         # the box is gone everywhere; the ref taken out of it is not
+    assert miniray.get(u.total.remote(), timeout=30) == 1_000_000.0
