@@ -66,7 +66,8 @@ class Conn:
     """One client connection: socket, framing and the output buffer."""
 
     __slots__ = ("sock", "cid", "server", "reader", "out", "authed", "nonce", "closed",
-                 "want_write", "dialing", "queue", "raw", "expect", "tls", "handler", "peer")
+                 "want_write", "dialing", "queue", "raw", "expect", "tls", "handler", "peer",
+                 "auth_by")
 
     def __init__(self, sock, server, cid):
         self.sock = sock
@@ -84,6 +85,7 @@ class Conn:
         self.closed = False
         self.want_write = False
         self.dialing = None     # our handshake as the client of a peer node (see _dial_step)
+        self.auth_by = None     # an accepted TCP peer must have proved the token by then
         self.tls = None         # TLS handshake state (see _tls_step); None: none or done
         self.handler = None     # the selector's callback for this socket
         self.peer = None        # "ip:port" of a TCP client, for messages
@@ -309,6 +311,9 @@ class NodeServer(_node_tls.TLSLinks):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 tls = self.tls is not None
                 conn.peer = f"{addr[0]}:{addr[1]}"
+                # One that connects and never authenticates is dropped.
+                conn.auth_by = time.monotonic() + DIAL_TIMEOUT_S
+                self._arm_timer((D.TIMER, DIAL_TIMEOUT_S, None))
             try:
                 # With TLS, MAGIC and our nonce go inside it (_tls_step).
                 sock.send(_tls.TLS_GREETING if tls else MAGIC + conn.nonce)
@@ -604,11 +609,15 @@ class NodeServer(_node_tls.TLSLinks):
 
     def _check_dials(self) -> None:
         """A peer that never completes the handshake fails its link in
-        bounded time."""
+        bounded time, whichever side dialed."""
         now = time.monotonic()
         for conn in list(self.conns.values()):
             if conn.dialing is not None and conn.dialing[3] <= now:
                 log(f"the node at {conn.dialing[0]} did not answer within {DIAL_TIMEOUT_S:g} s")
+                self._close(conn)
+            elif conn.auth_by is not None and not conn.authed and conn.auth_by <= now:
+                log(f"{conn.peer} connected but did not authenticate within "
+                    f"{DIAL_TIMEOUT_S:g} s: closed")
                 self._close(conn)
 
     def _dial_step(self, conn, data: bytes):

@@ -70,3 +70,19 @@ def test_auto_without_node_is_clear(tmp_path):
             print("error:", e)
     """, env={"MINIRAY_CLUSTER_DIR": str(tmp_path)})
     assert "miniray start --head" in proc.stdout
+
+
+def test_a_tcp_peer_that_never_authenticates_is_dropped_in_seconds(cluster):
+    import socket
+    import time as _time
+    cli, env, info = cluster
+    host, port = info["peer_address"].rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=20)
+    t0 = _time.monotonic()
+    greeting = s.recv(64)
+    assert greeting.startswith(b"MRAY")
+    # Silent: the node closes it (it would otherwise hold it forever).
+    assert s.recv(64) == b""
+    assert _time.monotonic() - t0 < 15
+    s.close()
+    assert cli("status").returncode == 0      # and it keeps serving
