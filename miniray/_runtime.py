@@ -393,10 +393,17 @@ def start_node(num_cpus, resources, object_store_memory, *, num_gpus=None,
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        if cluster is not None and cluster.get("head_address"):
+            hint = (f"Check that the head at {cluster['head_address']} is up and reachable from "
+                    f"here, that this node has the cluster's token (and its TLS settings, if "
+                    f"the head uses TLS), and that object_store_memory ({object_store_memory} "
+                    f"bytes) is sensible.")
+        else:
+            hint = (f"Check that /dev/shm is writable and that object_store_memory "
+                    f"({object_store_memory} bytes) is sensible.")
         raise RaySystemError(
             f"the miniray node daemon failed to start (exit code {proc.returncode}); its "
-            f"error is printed above. Check that /dev/shm is writable and that "
-            f"object_store_memory ({object_store_memory} bytes) is sensible.")
+            f"error is printed above. {hint}")
     if cluster is not None:
         # "ready <ip:port>": where other nodes reach this one.
         cluster["peer_address"] = buf.split(b"\n")[0].decode().partition(" ")[2] or None
