@@ -20,9 +20,21 @@ def shape_of(resources: dict) -> tuple:
     return tuple(sorted((k, float(v)) for k, v in resources.items() if v))
 
 
+_BYTES = ("memory", "object_store_memory")
+
+
 def format_resources(resources) -> str:
+    """``{CPU: 2, memory: 1.5 GiB}``: amounts as people read them."""
     items = resources.items() if isinstance(resources, dict) else resources
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in items) + "}"
+    return "{" + ", ".join(f"{k}: {_bytes(v) if k in _BYTES else f'{v:g}'}"
+                           for k, v in items) + "}"
+
+
+def _bytes(n) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:g} B"
 
 
 def gpu_amount(shape: tuple) -> float:
