@@ -254,4 +254,9 @@ def bench_limits(quick=False):
     return out
 
 
-BENCHES = {"limits": bench_limits}
+def bench_transfer_limits(quick=False):
+    from .bench_transfer import bench_raw_tcp
+    return bench_raw_tcp(quick)
+
+
+BENCHES = {"limits": bench_limits, "transfer": bench_transfer_limits}

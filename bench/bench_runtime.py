@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from .bench_transfer import bench_transfer
 from .common import (GiB, PSSSampler, Runtime, init_kwargs, median, now,
                      pss_total_mb, runtime_procs, track, wait_gone, warmup,
                      memory_totals)
@@ -382,4 +383,5 @@ BENCHES = {
     "arg200": bench_arg200,
     "nested": bench_nested,
     "cluster": bench_cluster,
+    "transfer": bench_transfer,
 }

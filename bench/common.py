@@ -39,6 +39,9 @@ BENCHES = {
     "arg200": ("miniray", "ray", "mp"),
     "nested": ("miniray", "ray"),
     "cluster": ("miniray", "ray"),
+    # "limits" here: the raw TCP copy of the same bytes, measured in the same
+    # repetition as the runtimes (bench_transfer.bench_raw_tcp)
+    "transfer": ("miniray", "ray", "limits"),
     "limits": ("limits",),
 }
 
@@ -110,6 +113,13 @@ METRICS = {
     "cross_node_sync_per_s": _m("cluster", "tasks on another node, sync", "tasks/s", "higher", 3, ">= 3x Ray"),
     "cross_node_async_per_s": _m("cluster", "tasks on another node, async", "tasks/s", "higher", 3, ">= 3x Ray"),
     "cross_node_256mib_s": _m("cluster", "256 MiB put on head, read by a task on node 2", "s", "lower"),
+    # moving objects between nodes (bench_transfer): two nodes on loopback, stores of 2.5 GiB
+    "transfer_1gib_s": _m("transfer", "1 GiB put on node A, read by a task on node B (loopback)", "s",
+                          "lower", 2, "<= 1/2 of Ray's time"),
+    "transfer_1gib_gbps": _m("transfer", "1 GiB node A -> task on node B (loopback)", "GB/s", "higher"),
+    "transfer_1gib_first_s": _m("transfer", "1 GiB A -> B, first (fresh store pages on B)", "s", "lower"),
+    "bcast4_256mib_s": _m("transfer", "256 MiB put on head, read by a task on each of 4 other nodes",
+                          "s", "lower"),
     # physical limits
     "memcpy_prefaulted_1t_gbps": _m("limits", "memcpy 1 GiB into pre-faulted /dev/shm, 1 thread", "GB/s", "higher"),
     "memcpy_prefaulted_2t_gbps": _m("limits", "memcpy 1 GiB into pre-faulted /dev/shm, 2 threads", "GB/s", "higher"),
@@ -121,6 +131,10 @@ METRICS = {
     "memcpy_anon_fresh_1t_gbps": _m("limits", "memcpy 1 GiB into fresh private memory (np.empty), 1 thread", "GB/s", "higher"),
     "huge_first_put_gbps": _m("limits", "miniray 1 GiB first put, arena on hugetlbfs (2 MiB pages)", "GB/s", "higher"),
     "huge_shm_first_put_gbps": _m("limits", "miniray 1 GiB first put, arena on /dev/shm (same run)", "GB/s", "higher"),
+    "tcp_loopback_sendall_gbps": _m("limits", "raw TCP 1 GiB over loopback, sendall -> recv_into (2 processes), best sample", "GB/s", "higher"),
+    "tcp_loopback_sendall_median_gbps": _m("limits", "raw TCP 1 GiB over loopback, sendall -> recv_into, median", "GB/s", "higher"),
+    "tcp_loopback_sendfile_gbps": _m("limits", "raw TCP 1 GiB over loopback, sendfile from /dev/shm -> recv_into, best sample", "GB/s", "higher"),
+    "tcp_loopback_sendfile_median_gbps": _m("limits", "raw TCP 1 GiB over loopback, sendfile -> recv_into, median", "GB/s", "higher"),
     "pipe_rtt_us": _m("limits", "pipe round trip between two Python processes", "us", "lower"),
     "spawn_python_s": _m("limits", "spawn `python -c pass`", "s", "lower"),
     "spawn_python_numpy_s": _m("limits", "spawn `python -c 'import numpy'`", "s", "lower"),

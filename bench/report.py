@@ -64,6 +64,8 @@ BOUNDS = [
      "one copy into shared memory pre-faulted ahead, 2 threads"),
     ("put_1gib_repeat_gbps", "memcpy_prefaulted_2t_gbps", "same",
      "one copy into pre-faulted shared memory, 2 threads"),
+    ("transfer_1gib_gbps", "tcp_loopback_sendall_median_gbps", "same",
+     "one TCP stream over loopback between two processes, sendall -> recv_into, median"),
     ("arg200_ref_s", "memcpy_fresh_2t_gbps", "time_copy200",
      "one 200 MB copy into fresh shared memory (the put); reads are zero-copy"),
 ]
