@@ -66,7 +66,8 @@ def test_three_times_the_store_is_read_back_intact(ray_factory, tmp_path):
     assert spill_files(tmp_path)
     written = stats["spilled_bytes_total"]
     (store,) = object_store_stats().values()        # what `miniray memory` shows
-    assert store["spilled"] == stats["spilled_bytes"] > 0 and store["num_spilled"] >= 1
+    # Spilling ahead of need may go on between the two queries: never less.
+    assert store["spilled"] >= stats["spilled_bytes"] > 0 and store["num_spilled"] >= 1
     assert {r["where"] for r in list_objects(limit=None)} >= {"spilled", "shared_memory"}
 
     # Every one back, oldest first (each is on disk by then), then at random.
