@@ -124,8 +124,11 @@ class CoreClient:
         self._rid = itertools.count(1)
         self.local_refs: dict = {}
         # What this process knows about objects it holds refs to: inline
-        # values (immutable, so a get needs no round trip) and readiness
-        # (so a wait on ready refs needs none).  Dropped with the last ref.
+        # values (immutable, so a get needs no round trip) and readiness (so
+        # a wait on ready refs needs none; an object whose value is kept is
+        # ready, and joins ``known_ready`` only once it is waited on: a get
+        # of a million small results does not pay a set entry each).
+        # Dropped with the last ref.
         self.known_values: dict = {}
         self.known_ready: set = set()
         self._ops: deque = deque()      # ref ops for the node: (RefOp, oid)
@@ -324,7 +327,7 @@ class CoreClient:
         (late or empty) REPLY, and ``_dropped`` says what that reply pins."""
         with _gate:
             if msg[0] == M.GET:
-                self._dropped[rid] = msg[2]
+                self._dropped[rid] = P.ids_of(msg[2])
             if self._pending.pop(rid, None) is None:
                 self._dropped.pop(rid, None)
                 return False
@@ -343,7 +346,7 @@ class CoreClient:
         except BaseException:     # a second interrupt: the first one is on its way
             pass
         if slot.done and slot.ok:
-            self.release_payloads(zip(msg[2], slot.payload))
+            self.release_payloads(zip(P.ids_of(msg[2]), slot.payload))
 
     def release_payloads(self, pairs) -> None:
         """Release the arena views of ``(oid, (kind, data))`` payloads that
@@ -366,8 +369,15 @@ class CoreClient:
                 self.local_refs[oid] = c + 1
 
     def add_owned(self, oid) -> None:
+        refs = self.local_refs
+        if oid not in refs:
+            # A fresh id (a put, a task's return): one store, atomic, and no
+            # other thread can count this id yet.  (A submit loop makes a
+            # million of these.)
+            refs[oid] = 1
+            return
         with _gate, self._refs_lock:
-            self.local_refs[oid] = self.local_refs.get(oid, 0) + 1
+            refs[oid] = refs.get(oid, 0) + 1
 
     def _count_drops(self) -> None:
         """Count down the refs dropped since last time, queueing DECREF for
@@ -465,8 +475,7 @@ class CoreClient:
                 data = ser.to_bytes(sobj)
                 self.send_later((M.PUT_INLINE, oid, kind, data, contained))
                 if hold:
-                    self.known_values[oid] = (kind, data)
-                    self.known_ready.add(oid)
+                    self.known_values[oid] = (kind, data)     # ready, and its value
                 return data
             self.write_arena(oid, sobj, size)
             self.send((M.SEAL, oid, kind, hold, contained))
@@ -524,7 +533,8 @@ class CoreClient:
             delay = min(delay * 2, 0.2)
 
     def get_payloads(self, oids, timeout=None) -> list:
-        reply = self.request(lambda rid: (M.GET, rid, oids), timeout)
+        packed = P.pack_ids(oids)
+        reply = self.request(lambda rid: (M.GET, rid, packed), timeout)
         if reply is None:
             raise GetTimeoutError(
                 f"get timed out after {timeout} s waiting for {len(oids)} object(s); "
@@ -540,19 +550,26 @@ class CoreClient:
         interrupts (it waits, so interrupts land, only inside ``request``)."""
         known = self.known_values
         with _gate:
-            fetched = {}
+            # The reply has a payload per id asked for, in order: they are
+            # taken as ``oids`` is walked again (``missing[pos]``).  A
+            # repeated id is asked for as often as it is repeated (each
+            # payload of an arena object carries its own pin).
             missing = [oid for oid in oids if oid not in known]
+            payloads = ()
             if missing:
-                if len(missing) > 1:
-                    missing = list(dict.fromkeys(missing))
                 payloads = self.get_payloads(missing, timeout)
-                fetched = dict(zip(missing, payloads))
                 self._learn(missing, payloads)
             values = []
             error = None
+            pos = 0
+            left = len(missing)
             try:
                 for oid in oids:
-                    payload = fetched.pop(oid, _ABSENT)
+                    if pos < left and oid is missing[pos]:
+                        payload = payloads[pos]
+                        pos += 1
+                    else:
+                        payload = _ABSENT
                     if payload is None or (payload is _ABSENT and oid not in known):
                         continue        # not ready: the node answered early, one failed
                     if payload is not _ABSENT:
@@ -565,7 +582,8 @@ class CoreClient:
                         error = value
                     values.append(value)
             finally:
-                self.release_payloads(fetched.items())       # not decoded: release
+                if pos < left:          # not decoded: release
+                    self.release_payloads(zip(missing[pos:], payloads[pos:]))
             if error is not None:
                 raise as_raisable(error)
             return values
@@ -576,15 +594,24 @@ class CoreClient:
         ready = self.known_ready
         for oid, payload in zip(oids, payloads):
             if payload is not None and oid in refs:
-                ready.add(oid)
-                if type(payload[1]) is bytes:       # arena locations can change (spilling)
+                if type(payload[1]) is bytes:
                     known[oid] = payload
+                else:
+                    ready.add(oid)      # arena locations can change (spilling): not kept
 
-    def wait(self, oids, num_returns, timeout):
+    def wait(self, oids, num_returns, timeout, unique=None):
+        """``unique``: ``set(oids)``, if the caller has it (a faster test)."""
+        # Ready here: those whose inline value is kept (``known_values``) and
+        # those known ready (``known_ready``: arena objects, and objects
+        # waited on).
         ready = self.known_ready
+        known = self.known_values
         if ready.issuperset(oids):
             return range(len(oids))
-        local = [i for i, oid in enumerate(oids) if oid in ready]
+        if known.keys() >= unique if unique is not None else all(map(known.__contains__, oids)):
+            ready.update(oids)      # waited on: the next wait takes the fastest test above
+            return range(len(oids))
+        local = [i for i, oid in enumerate(oids) if oid in known or oid in ready]
         if len(local) >= num_returns:
             return local
         positions = self._wait_remote(oids, num_returns, timeout)
@@ -600,7 +627,7 @@ class CoreClient:
             rid = next(self._rid)
             slot = _Reply()
             self._pending[rid] = slot
-            self.send((M.WAIT, rid, oids, num_returns))
+            self.send((M.WAIT, rid, P.pack_ids(oids), num_returns))
             done = slot_done(slot)
             wait_until = self._reader.wait_until
             try:

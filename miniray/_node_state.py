@@ -74,7 +74,8 @@ class Worker:
     """A worker process, as the state sees it (the server owns the process)."""
 
     __slots__ = ("wid", "pid", "client", "state", "task", "fn_keys", "blocked", "actor",
-                 "exit_desc", "idle_since", "kind", "calls")
+                 "exit_desc", "idle_since", "kind", "calls", "queued", "revoking", "since",
+                 "turn", "batch")
 
     def __init__(self, wid, now):
         self.wid = wid
@@ -91,6 +92,16 @@ class Worker:
         # with CPU work (CUDA state, CUDA_VISIBLE_DEVICES), as in Ray.
         self.kind = None
         self.calls = {}         # function key -> runs, for max_calls
+        # Pipelining (``TaskManager.pipeline``): tasks sent to run after
+        # ``task`` (EXECUTE sent, not started as far as the node knows), or
+        # None; a REVOKE is unanswered.  Durations (``TaskManager._measured``):
+        # the function keys of the tasks that finished in the turn at
+        # ``turn``, which ran since ``since``.
+        self.queued = None
+        self.revoking = False
+        self.since = now
+        self.turn = now
+        self.batch = []
 
 
 class Waiter:
@@ -170,6 +181,7 @@ class NodeState:
         self.report = StoreReport(self)      # LIST_OBJECTS / STORE_STATS, call sites
         self.queries = NodeQueries(self)
         self.table.on_unreachable = self.actors.handles_gone
+        self.table.entries.tasks = self.tasks.tasks     # a queued task stands for its return
         self.table.on_freed_remote = self.cluster.transfer.freed
         self._events = {E.START: self._on_start, E.MESSAGES: self._on_messages,
                         E.CLOSED: self._on_closed, E.SPAWNED: self._on_spawned,
@@ -179,8 +191,11 @@ class NodeState:
         self._handlers = self._message_handlers()
 
     # -- the entry point ----------------------------------------------------------------
-    def handle(self, events) -> list:
-        """Apply one loop turn's events; the instructions to carry out."""
+    def handle(self, events, now=None) -> list:
+        """Apply one loop turn's events; the instructions to carry out.
+        ``now``: the turn's time (monotonic seconds), if the caller keeps one."""
+        if now is not None:
+            self.now = now
         out = self.out = []
         self._closed_now.clear()
         handlers = self._events
@@ -526,6 +541,7 @@ class NodeState:
 
     def on_get(self, client, msg) -> None:
         _, rid, oids = msg
+        oids = P.ids_of(oids)
         entries = self.table.entries
         missing = [oid for oid in oids if oid not in entries]
         if missing:
@@ -535,9 +551,17 @@ class NodeState:
             return
         w = None
         failed = False
+        peek = self.table.peek
         for oid in oids:
-            e = entries[oid]
-            if e.state == READY:
+            e = peek(oid)
+            if e is None:
+                # A queued task's return with no entry yet: the task keeps
+                # the waiter, and no entry is made (``Entries``).
+                if w is None:
+                    w = Waiter(client, rid, oids, 0, False)
+                w.left += 1
+                self.table.wait_deferred(oid, w)
+            elif e.state == READY:
                 failed = failed or e.kind == ERROR
             else:
                 if w is None:
@@ -587,9 +611,10 @@ class NodeState:
         if w.left > 0:
             self._drop_from_entries(w)
         entries = self.table.entries
+        peek = self.table.peek
         client = w.client
         for oid in w.oids:
-            if oid not in entries:
+            if peek(oid) is None and oid not in entries:
                 # Freed while the GET waited (its last ref dropped meanwhile).
                 self.send(client, (M.REPLY, w.rid, False, ObjectLostError(
                     f"object {oid.hex()} was freed while a get waited for it: the last "
@@ -597,18 +622,22 @@ class NodeState:
                 return
         payload_for = self.payload_for
         self.send(client, (M.REPLY, w.rid, True, [
-            payload_for(client, e) if e.state == READY else None
-            for e in map(entries.__getitem__, w.oids)]))
+            payload_for(client, e) if e is not None and e.state == READY else None
+            for e in map(self.table.peek, w.oids)]))
 
     def on_wait(self, client, msg) -> None:
         _, rid, oids, num_returns = msg
-        entries = self.table.entries
+        oids = P.ids_of(oids)
+        table = self.table
+        peek = table.peek
         w = Waiter(client, rid, oids, num_returns, True)
         for oid in oids:
-            e = entries.get(oid)
+            e = peek(oid)
             if e is None or e.state != READY:
                 w.left += 1
-                if e is not None:
+                if e is None:
+                    table.wait_deferred(oid, w)     # a queued task's return: waits on it
+                else:
                     if e.waiters is None:
                         e.waiters = [w]
                     else:
@@ -622,10 +651,10 @@ class NodeState:
         self._start_waiting(client, w)
 
     def _ready_positions(self, oids) -> list:
-        entries = self.table.entries
+        peek = self.table.peek
         out = []
         for i, oid in enumerate(oids):
-            e = entries.get(oid)
+            e = peek(oid)
             if e is not None and e.state == READY:
                 out.append(i)
         return out
@@ -656,14 +685,9 @@ class NodeState:
         self._drop_from_entries(w)
 
     def _drop_from_entries(self, w) -> None:
-        entries = self.table.entries
+        unwait = self.table.unwait
         for oid in w.oids:
-            e = entries.get(oid)
-            if e is not None and e.waiters:
-                try:
-                    e.waiters.remove(w)
-                except ValueError:
-                    pass
+            unwait(oid, w)
 
     def on_refs(self, client, msg) -> None:
         table = self.table
@@ -725,6 +749,7 @@ class NodeState:
                 M.DROP_REQ: self.on_drop_req, M.REFS: self.on_refs,
                 M.REGISTER_FN: self.on_register_fn, M.SERIALIZERS: self.on_serializers,
                 M.TASK_DONE: t.on_task_done, M.CANCEL: t.on_cancel, M.QUERY: self.queries.on_query,
+                M.REVOKED: t.on_revoked,
                 M.ACTOR_CREATE: a.on_create, M.ACTOR_CALL: a.on_call, M.ACTOR_KILL: a.on_kill,
                 M.SHUTDOWN: self.on_shutdown, M.BAD_FRAME: self.on_bad_frame,
                 # links between nodes

@@ -4,6 +4,8 @@
            -> dispatched to an idle worker (EXECUTE) -> TASK_DONE -> results sealed
     worker died -> retried (max_retries) or failed with WorkerCrashedError
     CANCEL -> removed from its queue, or interrupted / killed while running
+    short tasks, no idle worker -> sent to a busy worker to run after its
+           current task (``pipeline``: given back if that task blocks)
 
 A task pins its argument objects (top-level deps, the arena-stored args,
 refs nested in args) from SUBMIT until it is finished for good, so none of
@@ -13,10 +15,12 @@ state (``_node_state``): it emits instructions through ``st.send``,
 """
 from __future__ import annotations
 
+from collections import deque
+
 from . import _protocol as P
 from . import _task_spec as S
 from ._node_lineage import LineageManager
-from ._object_table import READY
+from ._object_table import READY, side_field
 from ._scheduler import format_resources, gpu_amount
 from ._task_kind import TaskKind, kind_of
 from .exceptions import (ActorDiedError, NodeDiedError, ObjectLostError, TaskCancelledError,
@@ -28,19 +32,45 @@ ERROR = P.K.ERROR
 # Queued tasks from which specs are compacted (see TaskManager._compact).
 COMPACT_FROM = 1000
 _NO_DEPS: list = []     # shared by compacted specs: never changed in place
+# Pipelining (see TaskManager.pipeline): a function whose tasks take less
+# than SHORT_S on average (measured here) may have tasks sent to a busy
+# worker to run after its current one, up to PIPELINE_S of their measured
+# time and PIPELINE_MAX tasks per worker.
+SHORT_S = 0.001
+PIPELINE_S = 0.002
+PIPELINE_MAX = 64
+DURATIONS_KEPT = 4096   # function keys whose average duration is kept
+
+
+class TaskExtra:
+    """The fields of a task that most tasks never set, kept apart
+    (``Task.x``, read and written through ``Task``'s properties of the
+    same names): with ``returns``, ``cpu`` and ``kind`` derived from the
+    spec, a queued task costs 11 slots instead of 19."""
+
+    __slots__ = ("parent", "children", "gpu_ids", "origin", "lineage", "lent", "cancelled")
+
+    def __init__(self):
+        self.parent = None      # the task whose worker submitted this one
+        self.children = None    # tid -> Task submitted while this one ran
+        self.gpu_ids = None     # GPU ids it holds while it runs
+        self.origin = None      # the peer link of the node that forwarded it here
+        self.lineage = None     # its Lineage record, if submitted here in a cluster
+        self.lent = False       # its CPUs are lent (its worker waits in get)
+        self.cancelled = False
 
 
 class Task:
-    __slots__ = ("spec", "tid", "returns", "shape", "deps_left", "worker", "retries_left",
-                 "submitter", "state", "actor", "cancelled", "cpu", "lent", "parent",
-                 "children", "gpu_ids", "kind", "origin", "lineage")
+    __slots__ = ("spec", "tid", "deferred", "shape", "deps_left", "worker", "retries_left",
+                 "submitter", "state", "actor", "x")
 
     def __init__(self, spec, submitter, actor=None):
         self.spec = spec
         self.tid = spec[S.TASK_ID]
         n = spec[S.NUM_RETURNS]
-        tid = self.tid
-        self.returns = [tid + i.to_bytes(2, "little") for i in range(n)]
+        if type(n) is not int or not 0 <= n <= 0xFFFF:
+            raise ValueError(f"bad number of returns {n!r}")
+        self.deferred = None    # its return's entry is not made yet (``_object_table.Entries``)
         self.shape = spec[S.RESOURCES]
         self.deps_left = 0
         self.worker = None
@@ -48,18 +78,36 @@ class Task:
         self.submitter = submitter
         self.state = "waiting"
         self.actor = actor
-        self.cancelled = False
-        self.cpu = 0.0
+        for k, v in self.shape:     # a malformed shape fails the submit here, before any change
+            pass
+        kind_of(spec)
+        self.x = None           # a TaskExtra, once one of its fields is set
+
+    parent = side_field(TaskExtra, "parent", None)
+    children = side_field(TaskExtra, "children", None)
+    gpu_ids = side_field(TaskExtra, "gpu_ids", None)
+    origin = side_field(TaskExtra, "origin", None)
+    lineage = side_field(TaskExtra, "lineage", None)
+    lent = side_field(TaskExtra, "lent", False)
+    cancelled = side_field(TaskExtra, "cancelled", False)
+
+    # Derived from the spec, not stored: a queued task costs 8 bytes per slot.
+    @property
+    def kind(self):
+        return kind_of(self.spec)
+
+    @property
+    def cpu(self) -> float:
         for k, v in self.shape:
             if k == "CPU":
-                self.cpu = v
-        self.lent = False
-        self.parent = None      # the task whose worker submitted this one
-        self.children = None    # tid -> Task submitted while this one ran
-        self.gpu_ids = None     # GPU ids it holds while it runs
-        self.kind = kind_of(spec)
-        self.origin = None      # the peer link of the node that forwarded it here
-        self.lineage = None     # its Lineage record, if submitted here in a cluster
+                return v
+        return 0.0
+
+    @property
+    def returns(self) -> list:
+        """Its return ids (``tid`` + 2-byte index), made when asked for."""
+        tid = self.tid
+        return [tid + i.to_bytes(2, "little") for i in range(self.spec[S.NUM_RETURNS])]
 
     def on_ready(self, st, entry):
         if self.state != "waiting":
@@ -77,6 +125,8 @@ class TaskManager:
         self.warned: set = set()        # (client cid, shape) already told
         self.lineage = LineageManager(st, Task)     # rebuilding results lost with a node
         self.shared: dict = {}          # one copy of the spec fields queued tasks repeat
+        self.last_args = None           # the inline args of the last compacted spec
+        self.durations: dict = {}       # function key -> average seconds per task, measured
 
     # -- submission -------------------------------------------------------------------
     def on_submit(self, client, msg) -> None:
@@ -91,15 +141,21 @@ class TaskManager:
         decoded spec: the fields most of them repeat (function key, name,
         resource shape, no deps) are kept once, not once per task (~280
         bytes each).  Distinct values are few; the table is cleared if a
-        program makes them many."""
+        program makes them many.  Inline args equal to the previous task's
+        (a loop calling ``f.remote()`` or ``f.remote(x)``) share its bytes."""
         shared = self.shared
         if len(shared) > 4096:
             shared.clear()
         key, name, shape = spec[S.FN_KEY], spec[S.NAME], spec[S.RESOURCES]
-        deps = spec[S.DEPS]
-        return spec[:S.FN_KEY] + (shared.setdefault(key, key), shared.setdefault(name, name)) \
-            + spec[S.ARGS:S.DEPS] + (deps or _NO_DEPS,) + spec[S.NUM_RETURNS:S.RESOURCES] \
-            + (shared.setdefault(shape, shape),) + spec[S.MAX_RETRIES:]
+        args = spec[S.ARGS]
+        if type(args) is bytes and len(args) <= 1024:
+            if args == self.last_args:
+                args = self.last_args
+            else:
+                self.last_args = args
+        return (spec[S.TASK_ID], shared.setdefault(key, key), shared.setdefault(name, name),
+                args, spec[S.ARGS_OID], spec[S.DEPS] or _NO_DEPS, spec[S.NUM_RETURNS],
+                shared.setdefault(shape, shape)) + spec[S.MAX_RETRIES:]
 
     def create(self, spec, client, actor=None) -> Task:
         # Everything that can raise on a malformed spec comes before the
@@ -108,15 +164,22 @@ class TaskManager:
         pinned = self._pinned(spec)
         if t.tid in self.tasks or type(t.tid) is not bytes or len(t.tid) != 14:
             raise ValueError(f"bad or duplicate task id {t.tid!r}")
-        if not all(type(oid) is bytes for oid in pinned):
+        if pinned and not all(type(oid) is bytes for oid in pinned):
             raise ValueError("the task's argument ids are not object ids")
         self.tasks[t.tid] = t
         table = self.st.table
-        held = client.held
-        for oid in t.returns:
-            table.hold(held, oid).task = t
-        if self.st.cluster.enabled and client.role != "node":
-            self.lineage.attach(t, client)
+        if self.st.cluster.enabled:
+            held = client.held
+            for oid in t.returns:
+                table.hold(held, oid).task = t
+            if client.role != "node":
+                self.lineage.attach(t, client)
+        elif spec[S.NUM_RETURNS] == 1 and table.peek(t.tid + b"\0\0") is None:
+            table.entries.defer(t)      # its entry is made when something needs it
+        else:
+            held = client.held
+            for oid in t.returns:
+                table.hold(held, oid).task = t
         for oid in pinned:
             table.pin(oid)
         w = client.worker
@@ -313,10 +376,150 @@ class TaskManager:
                         continue
                     w = st.idle.pop(i)
                     res.acquire(shape)
-                    t.gpu_ids = gpu_ids
+                    if gpu_ids is not None:
+                        t.gpu_ids = gpu_ids
                     w.kind = kind
                     self.dispatch(t, w)
+                if not gpus and self.durations and ready.peek(shape) is not None:
+                    self.pipeline(shape)
         st.actors.schedule()
+
+    # -- pipelining ---------------------------------------------------------------------
+    # A worker that runs one task at a time waits a round trip through the
+    # node between tasks (TASK_DONE, then the next EXECUTE): for tasks of a
+    # few microseconds that wait, and one node turn per task, is most of the
+    # cost.  So when tasks are left in a queue with no idle worker for them,
+    # short ones (their function measured under SHORT_S per task) are sent to
+    # busy workers running a task of the same shape, to run after it: the
+    # worker queues them in order (``Worker.queued`` here), and its resources
+    # pass from one to the next.  A task queued there is "running" for cancel
+    # (CANCEL_TASK: the worker skips it; it fails here at once) and for
+    # worker deaths (it goes back to the queue, no retry spent).  A worker
+    # whose task blocks in get/wait gives its queued tasks back (REVOKE ->
+    # REVOKED: the tasks it had not started), so a task waiting for a task
+    # queued behind it cannot deadlock.  The bound (PIPELINE_S of measured
+    # time per worker) keeps a long task from holding much work behind it.
+    def pipeline(self, shape) -> None:
+        """Send the short tasks at the head of ``shape``'s queue to busy
+        workers running that shape."""
+        st = self.st
+        ready = st.ready
+        deferred = st.spill.deferred
+        for w in st.workers.values():
+            if w.state != "busy" or w.blocked or w.revoking or w.client is None:
+                continue
+            cur = w.task
+            if cur is None or cur.shape != shape or cur.lent or w.kind != "cpu" or \
+                    self._average(cur) is None or (deferred and w in deferred):
+                continue
+            q = w.queued
+            while True:
+                t = ready.peek(shape)
+                if t is None:
+                    return
+                avg = self._average(t)
+                if avg is None:
+                    return          # not known short: it waits for a worker (FIFO order)
+                if q is not None and len(q) >= min(PIPELINE_MAX, PIPELINE_S / max(avg, 1e-6)):
+                    break
+                ready.pop(shape)
+                if q is None:
+                    q = w.queued = deque()
+                q.append(t)
+                self.dispatch(t, w, queued=True)
+
+    def _average(self, t):
+        """The measured time per task of ``t``'s function, if ``t`` may be
+        pipelined (a plain task, no arguments to fetch or pin, no
+        max_calls) and that time is short; else None."""
+        spec = t.spec
+        if t.actor is not None or spec[S.DEPS] or spec[S.ARGS_OID] is not None:
+            return None
+        avg = self.durations.get(spec[S.FN_KEY])
+        if avg is None or avg >= SHORT_S:
+            return None
+        extra = spec[S.EXTRA]
+        if extra and extra.get("max_calls"):
+            return None
+        return avg
+
+    def _measured(self, w, t) -> None:
+        """``t`` finished on ``w``.  The tasks that finish on a worker in one
+        turn ran in the time since its previous such turn (or since it got
+        its first task): each counts that time divided by their number,
+        once the turn is over (``_sample``).  A state whose clock does not
+        move (``now`` comes with each turn: ``NodeState.handle``) measures
+        nothing, and pipelines nothing."""
+        now = self.st.now
+        if now != w.turn:
+            self._sample(w)
+            w.since = w.turn
+            w.turn = now
+        w.batch.append(t.spec[S.FN_KEY])
+
+    def _sample(self, w) -> None:
+        batch = w.batch
+        if not batch:
+            return
+        w.batch = []
+        span = w.turn - w.since
+        if span <= 0:
+            return
+        each = span / len(batch)
+        durations = self.durations
+        for key in batch:
+            avg = durations.get(key)
+            if avg is None:
+                if len(durations) >= DURATIONS_KEPT:
+                    durations.clear()
+                durations[key] = each
+            else:
+                durations[key] = avg + 0.05 * (each - avg)
+
+    def on_revoked(self, client, msg) -> None:
+        """REVOKED: the queued tasks the worker gave back (it will not run
+        them) go back to the front of their queue, in order."""
+        w = client.worker
+        if w is None:
+            return
+        w.revoking = False
+        back = set(msg[1])
+        if not back:
+            return
+        returned = []
+        q = w.queued
+        if q:
+            keep = deque()
+            for t in q:
+                (returned if t.tid in back else keep).append(t)
+            w.queued = keep or None
+        cur = w.task
+        if cur is not None and cur.actor is None and cur.tid in back:
+            # Its task ended before it read the REVOKE (the task's thread
+            # blocked, not the task), and this one, which it never started,
+            # had become its current task here.
+            returned.insert(0, cur)
+            self._release_worker(w, cur)
+        ready = self.st.ready
+        for t in reversed(returned):
+            t.state = "ready"
+            t.worker = None
+            ready.push_front(t.shape, t)
+        self.st.schedule_needed = True
+
+    def _requeue(self, w) -> None:
+        """``w`` is gone: the tasks queued there (never started) go back to
+        the front of their queue, in order."""
+        q = w.queued
+        w.queued = None
+        w.revoking = False
+        if q:
+            ready = self.st.ready
+            for t in reversed(q):
+                t.state = "ready"
+                t.worker = None
+                ready.push_front(t.shape, t)
+            self.st.schedule_needed = True
 
     def _grow_pool(self) -> None:
         """Start workers for ready tasks that could run now but have no idle
@@ -330,9 +533,12 @@ class TaskManager:
         for _ in range(max(0, min(want, 4))):
             st.spawn_worker()
 
-    def dispatch(self, t: Task, w) -> None:
+    def dispatch(self, t: Task, w, queued=False) -> None:
+        """EXECUTE ``t`` on ``w``; ``queued``: to run after its current task
+        (``pipeline``: ``t`` is in ``w.queued`` already)."""
         st = self.st
-        if (st.spill.files or st.spill.deferred) and st.spill.defer_dispatch(t, w):
+        if not queued and (st.spill.files or st.spill.deferred) and \
+                st.spill.defer_dispatch(t, w):
             return          # an argument is on disk: EXECUTE once it is back (_node_spill)
         client = w.client
         spec = t.spec
@@ -341,7 +547,9 @@ class TaskManager:
         if key not in w.fn_keys:
             blob = st.functions.get(key)
             if blob is None:
-                if t.actor is None:
+                if queued:
+                    w.queued.remove(t)
+                elif t.actor is None:
                     self._release_worker(w, t)
                 self.fail(t, ObjectLostError(
                     f"the code of '{spec[S.NAME]}' was never registered with the node"))
@@ -354,10 +562,15 @@ class TaskManager:
         args = spec[S.ARGS] if aoid is None else payload_for(client, entries[aoid])
         t.state = "running"
         t.worker = w
-        if t.actor is None:
+        if queued:
+            gpu_ids = None
+        elif t.actor is None:
             w.task = t
             w.state = "busy"
-            gpu_ids = t.gpu_ids
+            if w.batch:
+                self._sample(w)
+            w.since = w.turn = st.now
+            gpu_ids = None if t.x is None else t.gpu_ids
         else:
             gpu_ids = t.actor.gpu_ids
         if gpu_ids is None:
@@ -374,7 +587,7 @@ class TaskManager:
         if t is None:
             return
         st = self.st
-        if t.kind == ACTOR_CREATE:
+        if t.actor is not None and t.kind == ACTOR_CREATE:
             # The constructor's outcome: results == [(None, kind, data, ())];
             # ``note`` is its error's text (the node never unpickles it).
             kind = results[0][1]
@@ -383,7 +596,10 @@ class TaskManager:
             st.actors.on_ready(t.actor, (note or "(no error text)") if kind == ERROR else None)
             return
         retry = retryable and t.retries_left > 0 and not t.cancelled
-        if t.actor is None and w is not None and w.task is t:
+        if t.actor is None and w is not None:
+            if w.task is not t:
+                return      # stale: a task cancelled while queued at this worker (pipeline)
+            self._measured(w, t)
             self._release_worker(w, t)
             if retry:
                 t.retries_left -= 1
@@ -404,21 +620,32 @@ class TaskManager:
         self.seal_results(t, results, client)
         if t.actor is not None:
             st.actors.call_done(t)
-        if t.origin is not None:
+        if t.x is not None and t.origin is not None:
             st.cluster.task_finished_for_peer(t, results)
         self.forget(t)
 
     def _release_worker(self, w, t) -> None:
         st = self.st
         st.resources.release(t.shape)
-        if t.gpu_ids is not None:
-            st.resources.give_gpus(t.gpu_ids, gpu_amount(t.shape))
-            t.gpu_ids = None
-        if t.lent:
-            st.resources.available["CPU"] -= t.cpu
-            t.lent = False
+        if t.x is not None:
+            if t.gpu_ids is not None:
+                st.resources.give_gpus(t.gpu_ids, gpu_amount(t.shape))
+                t.gpu_ids = None
+            if t.lent:
+                st.resources.available["CPU"] -= t.cpu
+                t.lent = False
         w.task = None
         t.worker = None
+        q = w.queued
+        if q and w.state != "dead":
+            # The next task it was sent (``pipeline``) runs now, on the same
+            # resources; a schedule pass tops its queue up.
+            nxt = w.task = q.popleft()
+            if not q:
+                w.queued = None
+            st.resources.acquire(nxt.shape)
+            st.schedule_needed = True
+            return
         if w.state != "dead":
             extra = t.spec[S.EXTRA]
             max_calls = extra.get("max_calls") if extra else None
@@ -439,7 +666,10 @@ class TaskManager:
         st = self.st
         table = st.table
         for oid, kind, data, contained in results:
-            e = table.get_or_create(oid)
+            if t.deferred is not None and oid == t.tid + b"\0\0":
+                e = table.entries.make(t)       # its return's entry, made only now
+            else:
+                e = table.get_or_create(oid)
             if e.state == READY:
                 client.unsealed.discard(oid)
                 continue        # a re-run made a return that is here already
@@ -511,25 +741,32 @@ class TaskManager:
 
     def forget(self, t: Task) -> None:
         """The task is finished for good: unpin its args."""
-        if self.tasks.pop(t.tid, None) is None:
+        if t.deferred is not None:
+            self.st.table.entries.make(t)   # not sealed (a TASK_DONE without it): stays pending
+        tasks = self.tasks
+        if tasks.pop(t.tid, None) is None:
             return
+        if not tasks:
+            tasks.clear()       # a dict keeps the size of its longest queue until cleared
         t.state = "done"
-        if t.parent is not None:
-            if t.parent.children:
-                t.parent.children.pop(t.tid, None)
-            t.parent = None
-        if t.children:
-            for child in t.children.values():
-                child.parent = None
-            t.children = None
-        if t.lineage is not None:
-            self.lineage.finished(t)
+        if t.x is not None:         # (most tasks have none of these)
+            if t.parent is not None:
+                if t.parent.children:
+                    t.parent.children.pop(t.tid, None)
+                t.parent = None
+            if t.children:
+                for child in t.children.values():
+                    child.parent = None
+                t.children = None
+            if t.lineage is not None:
+                self.lineage.finished(t)
         unpin = self.st.table.unpin
         for oid in self._pinned(t.spec):
             unpin(oid)
 
     # -- faults and cancellation ------------------------------------------------------------
     def worker_died(self, w) -> None:
+        self._requeue(w)
         t = w.task
         self._release_worker(w, t)
         name = t.spec[S.NAME]
@@ -551,6 +788,10 @@ class TaskManager:
     def worker_blocked(self, w) -> None:
         """A worker running a task waits in get/wait: lend its CPUs back so
         the tasks it waits for can run (nested tasks never deadlock)."""
+        if w.queued and not w.revoking and w.client is not None:
+            # Tasks queued behind the blocked one come back (see ``pipeline``).
+            w.revoking = True
+            self.st.send(w.client, (M.REVOKE, [q.tid for q in w.queued]))
         t = w.task
         if t is not None and t.cpu and not t.lent:
             t.lent = True
@@ -590,6 +831,23 @@ class TaskManager:
             if link is not None:
                 st.send(link, (M.CANCEL, t.returns[0] if t.returns else t.tid + b"\0\0",
                                force, recursive))
+            return
+        if t.state == "running" and t.worker is not None and t.worker.task is not t \
+                and t.actor is None:
+            # Queued at a worker behind its current task (``pipeline``): it
+            # fails now; the worker is told, so that it skips it (or, if it
+            # has just started it, interrupts it).
+            w = t.worker
+            if w.queued and t in w.queued:
+                w.queued.remove(t)
+                if not w.queued:
+                    w.queued = None
+            t.worker = None
+            if w.client is not None:
+                st.send(w.client, (M.CANCEL_TASK, t.tid))
+                st.poke(w)
+            t.state = "cancelled"
+            self.fail(t, TaskCancelledError(t.tid.hex()))
             return
         if t.state == "running" and t.worker is not None:
             w = t.worker

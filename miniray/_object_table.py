@@ -23,7 +23,9 @@ not there yet, and it is freed only once the read is over).
 
 States: PENDING (a task will make it) -> CREATING (an arena range is being
 written) -> READY.  Waiters (GET/WAIT requests, tasks waiting on arguments)
-are told when an entry becomes READY.
+are told when an entry becomes READY.  The PENDING entry of a queued task's
+one return is made only when something needs it (``Entries``); until then
+the task stands for it.
 
 In a cluster, the returns of a task submitted here point to its ``Lineage``
 (how to make them again if their only copy is lost with a node; see
@@ -34,6 +36,7 @@ reaches zero ``drop_lineage`` lets go of the arguments it kept.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 
 from ._protocol import K
 from .exceptions import ObjectStoreFullError
@@ -81,11 +84,95 @@ class Lineage:
 ACTOR_RESULT = Lineage(None, None, 0, 0)
 
 
+# Small inline values are often equal (None, True, 0: what trivial tasks
+# return): one copy of each, and one payload tuple, serve every entry, so a
+# million such results cost no bytes each, and a GET reply naming them all
+# pickles the tuple once (the receiver decodes one object, not a million).
+# Bounded: emptied when it holds SMALL_KEEP distinct values.
+SMALL_PAYLOAD = 64
+SMALL_KEEP = 4096
+_small: dict = {}
+
+
+def shared_small(kind, inline: bytes) -> bytes:
+    """``inline``, or an equal bytes object already kept (see ``_small``)."""
+    key = (kind, inline)
+    p = _small.get(key)
+    if p is None:
+        if len(_small) >= SMALL_KEEP:
+            _small.clear()
+        p = _small[key] = key
+    return p[1]
+
+
+class EntryExtra:
+    """The fields of an entry that only cluster and spilling use, kept
+    apart (``Entry.x``) so that the common entry (a task's small result, a
+    put) costs 13 slots instead of 23: a million held results save ~80 MB.
+    Read and written through ``Entry``'s properties of the same names."""
+
+    __slots__ = ("owner", "location", "pulling", "peer_waiters", "remote_leases", "lineage",
+                 "copies", "viewers", "disk", "io", "protect")
+
+    def __init__(self):
+        # Cluster: the node counting its refs if not this one; where its
+        # only copy is while not here; a pull under way; peer links waiting
+        # for it; peer links we hold a lease on (DECREF on each when it goes).
+        self.owner = None
+        self.location = None
+        self.pulling = False
+        self.peer_waiters = None
+        self.remote_leases = None
+        # The task that made it, if submitted here in a cluster (a Lineage,
+        # or ACTOR_RESULT): what rebuilds it if its only copy is lost.
+        self.lineage = None
+        # Nodes this node streamed a copy to, and this node, in the order
+        # the next PULL is sent to (a broadcast spreads over them).
+        self.copies = None
+        # Spilling (see the module docstring): zero-copy views handed out
+        # (also counted in pins); (file id, offset) of its copy on disk;
+        # I/O under way; requests about to read it (never spilled then).
+        self.viewers = 0
+        self.disk = None
+        self.io = 0
+        self.protect = 0
+
+
+def side_field(side_class, name, default):
+    """A property kept in ``self.x``, an instance of ``side_class`` made on
+    the first write of a value other than ``default`` (for fields most
+    objects never set: a slot costs 8 bytes in every object)."""
+    slot = side_class.__dict__[name]
+    read, write = slot.__get__, slot.__set__
+
+    def get(self):
+        x = self.x
+        return default if x is None else read(x)
+
+    def put(self, value):
+        x = self.x
+        if x is None:
+            if value is default or (value == default and type(value) is type(default)):
+                return
+            x = self.x = side_class()
+        write(x, value)
+
+    return property(get, put)
+
+
+def _extra(name):
+    """A property of ``Entry`` kept in its ``EntryExtra``."""
+    return side_field(EntryExtra, name, _EXTRA_DEFAULTS[name])
+
+
+_EXTRA_DEFAULTS = {"owner": None, "location": None, "pulling": False, "peer_waiters": None,
+                   "remote_leases": None, "lineage": None, "copies": None, "viewers": 0,
+                   "disk": None, "io": 0, "protect": 0}
+
+
 class Entry:
     __slots__ = ("oid", "state", "kind", "inline", "offset", "size", "holders",
-                 "pins", "contained", "waiters", "task", "writer", "owner", "location",
-                 "pulling", "peer_waiters", "remote_leases", "lineage", "copies",
-                 "viewers", "disk", "io", "protect")
+                 "pins", "contained", "waiters", "task", "writer", "x")
 
     def __init__(self, oid):
         self.oid = oid
@@ -100,44 +187,121 @@ class Entry:
         self.waiters = None
         self.task = None
         self.writer = None      # who is writing its range (CREATING)
-        # Cluster: the node counting its refs if not this one; where its
-        # only copy is while not here; a pull under way; peer links waiting
-        # for it; peer links we hold a lease on (DECREF on each when it goes).
-        self.owner = None
-        self.location = None
-        self.pulling = False
-        self.peer_waiters = None
-        self.remote_leases = None
-        # Nodes this node streamed a copy to, and this node, in the order
-        # the next PULL is sent to (a broadcast spreads over them).
-        self.copies = None
-        # The task that made it, if submitted here in a cluster (a Lineage,
-        # or ACTOR_RESULT): what rebuilds it if its only copy is lost.
-        self.lineage = None
-        # Spilling (see the module docstring): zero-copy views handed out
-        # (also counted in pins); (file id, offset) of its copy on disk;
-        # I/O under way; requests about to read it (never spilled then).
-        self.viewers = 0
-        self.disk = None
-        self.io = 0
-        self.protect = 0
+        self.x = None           # an EntryExtra, once a cluster or spilling field is set
+
+    owner = _extra("owner")
+    location = _extra("location")
+    pulling = _extra("pulling")
+    peer_waiters = _extra("peer_waiters")
+    remote_leases = _extra("remote_leases")
+    lineage = _extra("lineage")
+    copies = _extra("copies")
+    viewers = _extra("viewers")
+    disk = _extra("disk")
+    io = _extra("io")
+    protect = _extra("protect")
 
     @property
     def spilled(self) -> bool:
         """Its bytes are on disk only (spilled, not read back yet)."""
-        return self.disk is not None and self.inline is None and (
-            self.offset < 0 or self.io == RESTORING)
+        x = self.x
+        return x is not None and x.disk is not None and self.inline is None and (
+            self.offset < 0 or x.io == RESTORING)
 
     def payload(self):
         """What a reader needs: (kind, bytes) or (kind, (offset, size))."""
-        if self.inline is not None:
-            return (self.kind, self.inline)
+        inline = self.inline
+        if inline is not None:
+            if len(inline) <= SMALL_PAYLOAD:
+                p = _small.get((self.kind, inline))
+                if p is not None:
+                    return p
+            return (self.kind, inline)
         return (self.kind, (self.offset, self.size))
+
+
+class Entries(dict):
+    """oid -> Entry, and the return entries of queued tasks not made yet.
+
+    A long queue (a million tasks submitted in a loop) would hold an entry
+    per return that nobody has asked about: the entry of a task's one
+    return is made when something needs it (``deferred``), and until then
+    the task stands for it (state PENDING, held by its submitter, its
+    GET/WAIT waiters kept on the task: ``ObjectTable.wait_deferred``).
+    Looking the id up (``get``, ``[]``) makes the entry, exactly as it
+    would have been; ``in`` answers without making it; iterating and
+    ``len`` see made entries only (``deferred`` counts the others).
+    ``Task.deferred``: None (made, or never deferred), True (deferred, no
+    waiter), a waiter, or a list of waiters."""
+
+    __slots__ = ("tasks", "deferred")
+
+    def __init__(self):
+        super().__init__()
+        self.tasks: dict = {}       # tid -> Task (``TaskManager.tasks``)
+        self.deferred = 0           # returns whose entry is not made yet
+
+    def deferred_task(self, oid):
+        """The queued task whose return ``oid`` is, if its entry is not made yet."""
+        if self.deferred and type(oid) is bytes and len(oid) == 16 and oid[14:] == b"\0\0":
+            t = self.tasks.get(oid[:14])
+            if t is not None and t.deferred is not None:
+                return t
+        return None
+
+    def defer(self, t) -> None:
+        """``t``'s one return gets its entry when first needed."""
+        t.deferred = True
+        self.deferred += 1
+
+    def make(self, t) -> Entry:
+        """The entry of ``t``'s deferred return, as it would have been made at
+        submit: held by the submitter (unless it is gone), its waiters on it."""
+        waiters = t.deferred
+        t.deferred = None
+        self.deferred -= 1
+        oid = t.tid + b"\0\0"
+        e = self[oid] = Entry(oid)
+        e.task = t
+        sub = t.submitter
+        if sub is not None and not sub.closed:
+            sub.held.add(oid)
+            e.holders = 1
+        if waiters is not True:
+            e.waiters = waiters if type(waiters) is list else [waiters]
+        return e
+
+    def make_all(self) -> None:
+        if self.deferred:
+            for t in list(self.tasks.values()):
+                if t.deferred is not None:
+                    self.make(t)
+
+    def __contains__(self, oid) -> bool:
+        return dict.__contains__(self, oid) or self.deferred_task(oid) is not None
+
+    def get(self, oid, default=None):
+        e = _dict_get(self, oid)
+        if e is None:
+            t = self.deferred_task(oid)
+            return default if t is None else self.make(t)
+        return e
+
+    def __missing__(self, oid):
+        t = self.deferred_task(oid)
+        if t is None:
+            raise KeyError(oid)
+        return self.make(t)
+
+
+_dict_get = dict.get
 
 
 class ObjectTable:
     def __init__(self, capacity: int):
-        self.entries: dict[bytes, Entry] = {}
+        self.entries = Entries()
+        # The entry of ``oid`` if made, never making a deferred one (``Entries``).
+        self.peek = partial(_dict_get, self.entries)
         self.alloc = Allocator(capacity)
         self.inline_bytes = 0
         self.high_water = 0      # end of the highest range ever handed out
@@ -184,6 +348,8 @@ class ObjectTable:
         """Mark READY; returns the waiters to notify."""
         e.kind = kind
         if inline is not None:
+            if len(inline) <= SMALL_PAYLOAD:
+                inline = shared_small(kind, inline)
             e.inline = inline
             self.inline_bytes += len(inline)
         e.state = READY
@@ -218,12 +384,52 @@ class ObjectTable:
 
     def unhold(self, held: set, oid) -> None:
         """A process dropped its last ref (DECREF)."""
+        if oid not in held and self.entries.deferred:
+            t = self.entries.deferred_task(oid)
+            if t is not None and t.submitter is not None and t.submitter.held is held:
+                self.entries.make(t)        # its submitter's implicit hold, now counted
         if oid in held:
             held.discard(oid)
             e = self.entries.get(oid)
             if e is not None:
                 e.holders -= 1
                 self.release(e)
+
+    # -- GET/WAIT waiters ----------------------------------------------------------
+    def wait_deferred(self, oid, waiter) -> bool:
+        """If ``oid`` is a queued task's return whose entry is not made yet,
+        ``waiter`` waits on the task instead (no entry is made): True."""
+        t = self.entries.deferred_task(oid)
+        if t is None:
+            return False
+        d = t.deferred
+        if d is True:
+            t.deferred = waiter
+        elif type(d) is list:
+            d.append(waiter)
+        else:
+            t.deferred = [d, waiter]
+        return True
+
+    def unwait(self, oid, waiter) -> None:
+        """``waiter`` stops waiting for ``oid`` (on its entry, or on the task
+        whose return it is)."""
+        e = self.peek(oid)
+        if e is not None:
+            if e.waiters:
+                try:
+                    e.waiters.remove(waiter)
+                except ValueError:
+                    pass
+            return
+        t = self.entries.deferred_task(oid)
+        if t is not None:
+            d = t.deferred
+            if d is waiter:
+                t.deferred = True
+            elif type(d) is list and waiter in d:
+                d.remove(waiter)
+                t.deferred = d if len(d) > 1 else d[0] if d else True
 
     def pin(self, oid) -> Entry:
         """Something other than a process needs the object: a pending task's
@@ -294,27 +500,30 @@ class ObjectTable:
             return          # being made: its maker seals it
         stack = [e]
         entries = self.entries
+        peek = self.peek
         while stack:
             e = stack.pop()
-            if entries.get(e.oid) is not e:
+            if peek(e.oid) is not e:
                 continue
             if e.kind == ACTOR_HANDLE and self.on_unreachable is not None:
                 self.on_unreachable(e)
                 if e.holders > 0 or e.pins > 0:
                     continue
             del entries[e.oid]
-            if (e.location is not None or e.remote_leases) and self.on_freed_remote:
+            x = e.x         # cluster and spilling fields (None: all at their defaults)
+            if x is not None and (x.location is not None or x.remote_leases) \
+                    and self.on_freed_remote:
                 self.on_freed_remote(e)
             if e.inline is not None:
                 self.inline_bytes -= len(e.inline)
                 e.inline = None
             if e.offset >= 0:
-                if e.io != RESTORING:       # else freed when the read is over
+                if x is None or x.io != RESTORING:      # else freed when the read is over
                     self.alloc.free(e.offset)
                     self.hint = True
                 e.offset = -1
                 self.resident.pop(e.oid, None)
-            if e.disk is not None and self.on_freed_disk is not None:
+            if x is not None and x.disk is not None and self.on_freed_disk is not None:
                 self.on_freed_disk(e)
             for c in e.contained:
                 ce = entries.get(c)
@@ -323,8 +532,8 @@ class ObjectTable:
                     if ce.pins <= 0 and ce.holders <= 0 and ce.state == READY and not ce.waiters:
                         stack.append(ce)
             e.contained = ()
-            if e.lineage is not None:
-                rec, e.lineage = e.lineage, None
+            if x is not None and x.lineage is not None:
+                rec, x.lineage = x.lineage, None
                 self.drop_lineage(rec)
 
     def drop_lineage(self, rec: Lineage) -> None:
@@ -375,6 +584,6 @@ class ObjectTable:
 
     def stats(self) -> dict:
         a = self.alloc
-        return {"objects": len(self.entries), "arena_used": a.used,
+        return {"objects": len(self.entries) + self.entries.deferred, "arena_used": a.used,
                 "arena_capacity": a.capacity, "arena_objects": a.num_allocated(),
                 "inline_bytes": self.inline_bytes}

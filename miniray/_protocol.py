@@ -18,6 +18,8 @@ client -> node
   SEAL          oid, kind, hold, contained        (after writing an ALLOC'd range)
   ABORT_ALLOC   oid                               the writer gave up before SEAL: free the range
   GET           rid, oids                         -> REPLY [(kind, data | (offset, size))]
+                (oids: a list, or from PACK_FROM ids on the ids packed in one bytes
+                object, 16 bytes each: see ``IdRun``)
   WAIT          rid, oids, num_returns            -> REPLY sorted ready positions
   WAIT_NOW      wait_rid                          finish that WAIT now with what is ready
   DROP_REQ      rid                               the caller stopped waiting
@@ -34,6 +36,8 @@ client -> node
   ACTOR_CALL    spec
   ACTOR_KILL    actor_id, no_restart[, reason]
   SHUTDOWN
+  REVOKED       task_ids                          (worker) the queued tasks a REVOKE took back:
+                                                  it will not run them
   CALL_SITE     task_id, text                     (only with RAY_record_ref_creation_sites=1)
                 where the put or submit that follows was made (file:line); kept as
                 opaque text for LIST_OBJECTS (see ``_store_report``)
@@ -49,6 +53,9 @@ node -> client
   EXECUTE       spec, fn_blob | None, deps: list[(kind, data | (offset, size))],
                 args: bytes | (kind, (offset, size))
   CANCEL_TASK   task_id
+  REVOKE        task_ids                          (to a worker) give back the tasks sent to
+                                                  run after its current one, if not started
+                                                  (answered by REVOKED; see ``_node_tasks``)
   SERIALIZERS   blob
   EXIT          reason                            (to a worker: exit now)
   BAD_FRAME     text                              a frame from this client could not be
@@ -87,6 +94,7 @@ from __future__ import annotations
 
 import enum
 import io
+import operator
 import pickle
 import struct
 from collections import deque
@@ -147,6 +155,8 @@ class Msg(enum.IntEnum):
     DATA_DONE = 45
     OUTPUT = 46
     PULL_FROM = 48
+    REVOKE = 49
+    REVOKED = 50
     CALL_SITE = 60
 
 
@@ -186,6 +196,50 @@ M = _as_ints(Msg)
 R = _as_ints(RefOp)
 K = _as_ints(Kind)
 Q = _as_ints(Query)
+
+
+PACK_FROM = 32       # a GET/WAIT of this many ids packs them (``pack_ids``)
+_first = operator.itemgetter(0)
+_unpack_ids = struct.Struct("16s").iter_unpack
+
+
+def pack_ids(oids):
+    """The ``oids`` field of a GET or WAIT: many ids travel packed in one
+    bytes object (no per-id pickle opcodes, no pickler memo entry each)."""
+    return b"".join(oids) if len(oids) >= PACK_FROM else oids
+
+
+def ids_of(field):
+    """The ids of a GET's or WAIT's ``oids`` field, packed or not."""
+    return IdRun(field) if type(field) is bytes else field
+
+
+class IdRun:
+    """Object ids packed 16 bytes each in one bytes object, as a read-only
+    sequence of bytes: how the node keeps the ids of a GET or WAIT while it
+    waits (16 bytes an id instead of a bytes object and a list slot, ~72:
+    a get of a million refs)."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob):
+        if type(blob) is not bytes or len(blob) % 16:
+            raise ValueError("packed object ids must be 16 bytes each")
+        self.blob = blob
+
+    def __len__(self):
+        return len(self.blob) >> 4
+
+    def __iter__(self):
+        return map(_first, _unpack_ids(self.blob))
+
+    def __getitem__(self, i):
+        n = len(self.blob) >> 4
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("id index out of range")
+        return self.blob[i << 4:(i + 1) << 4]
 
 
 def encode(msg: tuple) -> bytes:

@@ -51,6 +51,7 @@ class ResourcePool:
         # What is left of each GPU, by id: whole GPUs go to one task each,
         # fractions of one GPU are packed onto the same id (as Ray does).
         self.gpu_left = [1.0] * int(self.total.get("GPU", 0))
+        self._fits_ever: dict = {}      # shape -> fits_ever (``total`` never changes)
 
     def take_gpus(self, amount: float):
         """GPU ids for a request of ``amount`` GPUs (None if no set of ids
@@ -75,8 +76,13 @@ class ResourcePool:
             self.gpu_left[i] = min(1.0, self.gpu_left[i] + share)
 
     def fits_ever(self, shape: tuple) -> bool:
-        total = self.total
-        return all(total.get(k, 0.0) + _EPS >= v for k, v in shape)
+        fits = self._fits_ever.get(shape)
+        if fits is None:
+            total = self.total
+            fits = all(total.get(k, 0.0) + _EPS >= v for k, v in shape)
+            if len(self._fits_ever) < 1024:     # (asked once per task: shapes are few)
+                self._fits_ever[shape] = fits
+        return fits
 
     def missing(self, shape: tuple) -> dict:
         """What the node lacks, forever, for this request."""

@@ -75,6 +75,7 @@ class StoreReport:
 
     def _prune_sites(self) -> None:
         alive = {oid[:14] for oid in self.st.table.entries}
+        alive.update(self.st.tasks.tasks)      # queued tasks whose return has no entry yet
         self.sites = {k: v for k, v in self.sites.items() if k in alive}
 
     # -- answering ---------------------------------------------------------------------------
@@ -184,6 +185,7 @@ class StoreReport:
         """One dict per entry of the table, the largest first."""
         st = self.st
         entries = st.table.entries
+        entries.make_all()          # queued tasks' returns are listed too
         refs, views = {}, {}
         for c in st.clients.values():
             who = _process(c)

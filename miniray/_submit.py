@@ -79,21 +79,29 @@ def _check_blob_size(size, what):
 class Signature:
     """Checks call arguments against the callable's signature, cheaply."""
 
-    __slots__ = ("sig",)
+    __slots__ = ("sig", "fits")
 
     def __init__(self, fn):
         try:
             self.sig = inspect.signature(fn)
         except (TypeError, ValueError):
             self.sig = None
+        # Call shapes (number of positional args, keyword names) that bind:
+        # binding looks at nothing else, and costs more than a submit.
+        self.fits = set()
 
     def check(self, name, args, kwargs):
         if self.sig is None:
+            return
+        shape = (len(args), tuple(kwargs)) if kwargs else len(args)
+        if shape in self.fits:
             return
         try:
             self.sig.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{name}.remote(): {exc} (signature: {name}{self.sig})") from None
+        if len(self.fits) < 64:
+            self.fits.add(shape)
 
     @property
     def bind(self):

@@ -156,6 +156,9 @@ class Worker:
                 st.cancel_tid = tid
                 signal.pthread_kill(self.main_ident, signal.SIGINT)
             return
+        if tag == M.REVOKE:
+            self.revoke(msg[1])
+            return
         if tag == M.JOB:
             missing = [p for p in msg[1] if p not in sys.path]
             sys.path[0:0] = missing
@@ -166,6 +169,25 @@ class Worker:
                 os._exit(1)
             return
         self.queue.append(msg)
+
+    def revoke(self, tids) -> None:
+        """REVOKE: the node takes back tasks it sent to run after the
+        current one (its task blocks in get/wait: see ``_node_tasks``).
+        Those not started are dropped here and named in REVOKED; the node
+        queues them again.  Runs wherever messages are read (the thread
+        that leads the reads, or the poke handler): ``send_nowait``."""
+        wanted = set(tids)
+        back = []
+        for msg in list(self.queue):
+            if msg[0] == M.EXECUTE and msg[1][S.TASK_ID] in wanted:
+                try:
+                    self.queue.remove(msg)
+                except ValueError:      # the main thread took it meanwhile: it runs here
+                    continue
+                if msg[2] is not None:  # the function came with it: later EXECUTEs omit it
+                    self.state.functions[msg[1][S.FN_KEY]] = _LazyFunction(msg[2])
+                back.append(msg[1][S.TASK_ID])
+        self.client.send_nowait((M.REVOKED, back))
 
     def _on_poke(self, signum, frame):
         if self.client is not None:

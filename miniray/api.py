@@ -184,7 +184,8 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     if not object_refs:
         return [], []
     oids = list(map(_ref_id, object_refs))
-    if len(set(oids)) != len(oids):
+    unique = set(oids)
+    if len(unique) != len(oids):
         raise ValueError("wait() got duplicate ObjectRefs in its list")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
         raise ValueError(f"num_returns must be a positive int, got {num_returns!r}")
@@ -195,7 +196,7 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     if not isinstance(fetch_local, bool):
         raise TypeError("fetch_local must be a bool")
     rt = _runtime.current()
-    positions = rt.client.wait(oids, num_returns, timeout)
+    positions = rt.client.wait(oids, num_returns, timeout, unique)
     chosen = positions[:num_returns]
     if len(chosen) == chosen[-1] + 1 if chosen else False:
         # The first refs are the ready ones (always so when all are ready).

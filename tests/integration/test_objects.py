@@ -166,6 +166,21 @@ def test_view_pins_object(ray_shared):
     assert wait_for(lambda: stats()["arena_used"] <= base)
 
 
+def test_get_of_a_repeated_ref_gives_a_value_per_position(ray_shared):
+    gc.collect()
+    base = stats()["arena_used"]
+    big = miniray.put(np.full(1_000_000, 3, dtype=np.uint8))
+    small = miniray.put("s")
+    task = sleep_return.remote(0.2, "t")
+    out = miniray.get([big, small, big, task, task, small, big])
+    assert len(out) == 7 and out[1] == out[5] == "s" and out[3] == out[4] == "t"
+    assert all(a.sum() == 3_000_000 for a in (out[0], out[2], out[6]))
+    del big, out
+    gc.collect()
+    miniray._runtime.current().client.flush_refs()
+    assert wait_for(lambda: stats()["arena_used"] <= base)    # every view's pin went back
+
+
 def test_nested_ref_keeps_object_alive(ray_shared):
     inner = miniray.put(np.arange(1_000_000))
     outer = miniray.put([inner])

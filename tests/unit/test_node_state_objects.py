@@ -277,7 +277,7 @@ def test_closed_client_stops_waiting_and_its_task_still_finishes():
     n.submit(d, s)
     n.get(d, 1, [ret(s)])
     assert n.handle((E.CLOSED, d)) == []
-    assert n.entry(ret(s)).waiters == []
+    assert not n.entry(ret(s)).waiters
     assert n.done(1, s) == []                               # no reply to a closed client
     assert n.entry(ret(s)) is None and n.idle() == [1]
 

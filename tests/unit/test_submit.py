@@ -203,3 +203,20 @@ def test_names_must_be_str():
     assert not miniray.is_initialized()
     with pytest.raises(TypeError, match="retry_exceptions"):
         miniray.method(retry_exceptions=["ValueError"])
+
+
+def test_signature_check_remembers_call_shapes_that_bind_only():
+    from miniray._submit import Signature
+
+    def f(a, b=1, *, c=2):
+        return a
+
+    sig = Signature(f)
+    sig.check("f", (1,), {})
+    sig.check("f", (1, 2), {"c": 3})
+    assert 1 in sig.fits and (2, ("c",)) in sig.fits
+    sig.check("f", (5,), {})                        # same shape: not bound again
+    for args, kwargs in [((), {}), ((1, 2, 3), {}), ((1,), {"d": 4}), ((1,), {"a": 1})]:
+        with pytest.raises(TypeError, match=r"f\.remote\(\)"):
+            sig.check("f", args, kwargs)
+    assert sig.fits == {1, (2, ("c",))}
