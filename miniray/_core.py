@@ -10,7 +10,11 @@ Drivers and workers both talk to the node through one ``CoreClient``:
                    SERIALIZERS -> the serializer registry
                    BAD_FRAME   -> stderr ("miniray: ...")
                    OUTPUT      -> a task's prints, to sys.stdout/err (``_task_output``)
+                   FORGET      -> arena places given up (``_client_places``)
                    the rest    -> ``on_push`` (the worker's task queue)
+
+Objects (put, get, wait, the arena) are the ``ObjectsClient`` half, in
+``_client_objects``.
 
 Who reads: one ``SocketReader`` (``_client_reader``) owns the receiving
 side, with one recv + parse + dispatch method.  The thread that waits (for
@@ -54,12 +58,14 @@ from . import _call_site, _client_gate
 from . import _protocol as P
 from . import _serialization as ser
 from ._client_gate import gate as _gate
+from ._client_objects import ObjectsClient, as_raisable
+from ._client_places import Places
 from ._client_reader import SocketReader
 from ._ids import set_ref_tracker
 from ._store.arena import Arena
 from ._task_output import show as show_output
 from ._transport import connect_client
-from .exceptions import (NodeDiedError, ObjectStoreFullError, RayTaskError, GetTimeoutError)
+from .exceptions import NodeDiedError
 
 M = P.M
 _encode = P.encode
@@ -86,10 +92,7 @@ class _Reply:
         self.done = True
 
 
-_ABSENT = object()     # not among the fetched payloads
-
-
-class CoreClient:
+class CoreClient(ObjectsClient):
     def __init__(self, address: str, token: bytes, role: str, *, worker_id=None, info=None,
                  on_push=None):
         sock, welcome, fds, early, frames = connect_client(
@@ -132,6 +135,8 @@ class CoreClient:
         self.known_values: dict = {}
         self.known_ready: set = set()
         self._ops: deque = deque()      # ref ops for the node: (RefOp, oid)
+        # Arena objects this process may read without asking (``_client_places``).
+        self.places = Places(self._ops)
         # ObjectRefs (and views) gone, not counted down yet: ``remove`` is
         # this deque's append, one C call, so ``ObjectRef.__del__`` runs no
         # Python code of ours that an interrupt could cut in half.
@@ -394,6 +399,7 @@ class CoreClient:
                     continue
                 if c == 1:
                     del refs[oid]
+                    self.places.drop(oid)
                     self._ops.append((DECREF, oid))
                     self.known_values.pop(oid, None)
                     self.known_ready.discard(oid)
@@ -442,184 +448,6 @@ class CoreClient:
                 return fut
         fut.add_done_callback(lambda f: f.cancelled() and self._abandon(rid, msg))
         return fut
-
-    # -- objects -------------------------------------------------------------------------------
-    def decode(self, oid, kind, data, known=False):
-        """Rebuild a value from a payload.  A view of an arena object is
-        pinned by the node (it came in a reply: released with UNPIN), or,
-        with ``known``, by this process's own ref to it: the view counts as
-        one more local ref, so the node hears DECREF only when refs and views
-        are all gone.  Callers on the main thread hold the gate: the pin and
-        the lazy ``import numpy`` must not be cut short."""
-        if type(data) is bytes:
-            return ser.loads_from(data, aligned=True)
-        offset, size = data
-        if known:
-            self.add_owned(oid)
-            release = self.remove
-        else:
-            release = self._unpin
-        view = self.arena.pinned_view(offset, size, release, oid)
-        try:
-            return ser.loads_from(view)
-        finally:
-            view.release()
-
-    def store(self, oid, sobj, kind=VALUE, hold=True):
-        """Put a serialized object under ``oid``.  Returns the inline bytes
-        when it went inline, else None."""
-        size = ser.encoded_size(sobj)
-        contained = sobj.contained_refs
-        with _gate:
-            if size <= self.inline_threshold:
-                data = ser.to_bytes(sobj)
-                self.send_later((M.PUT_INLINE, oid, kind, data, contained))
-                if hold:
-                    self.known_values[oid] = (kind, data)     # ready, and its value
-                return data
-            self.write_arena(oid, sobj, size)
-            self.send((M.SEAL, oid, kind, hold, contained))
-            if hold:
-                # Ready, but where it lives is not kept: the node may spill
-                # it and reuse its range, so each get asks (and pins a view).
-                self.known_ready.add(oid)
-            return None
-
-    def write_arena(self, oid, sobj, size) -> int:
-        """Allocate a range for ``oid`` and write ``sobj`` into it; returns
-        the range's offset.  Not sealed yet: the caller sends SEAL (or the
-        worker TASK_DONE).  If the ALLOC round trip is interrupted or the
-        write fails, the range goes back at once (ABORT_ALLOC) instead of
-        staying reserved until this process disconnects."""
-        # The copy runs in the gate too: cut short, it could leave copy
-        # threads writing into a range already given back.
-        with _gate:
-            try:
-                offset, fresh_from = self.allocate(oid, size)
-                view = self.arena.writable(offset, size)
-                try:
-                    # All pages reserved already: plain contiguous shares copy faster.
-                    prepare = self.arena.reserver(offset, fresh_from) if fresh_from < size else None
-                    ser.write_to(sobj, view, prepare)
-                finally:
-                    view.release()
-            except BaseException:
-                self.abort_alloc(oid)
-                raise
-            return offset
-
-    def abort_alloc(self, oid) -> None:
-        """Give back the range ALLOC'd for ``oid`` (unknown ids are ignored
-        by the node, so this is safe whatever the ALLOC's outcome)."""
-        try:
-            self.send((M.ABORT_ALLOC, oid))
-        except Exception:      # the connection is gone, and the range with it
-            pass
-
-    def allocate(self, oid, size) -> tuple:
-        """(offset, fresh_from): a new range for ``oid``, and from where in
-        it pages may still need reserving."""
-        delay = 0.01
-        deadline = time.monotonic() + 2.0
-        while True:
-            ok, payload = self.request(lambda rid: (M.ALLOC, rid, oid, size))
-            if ok:
-                return payload
-            # Frees may be on their way (refs dropped a moment ago in this or
-            # another process): give them a moment before giving up.
-            if time.monotonic() > deadline:
-                raise ObjectStoreFullError(str(payload))
-            _gate.interruptible(time.sleep, delay)
-            delay = min(delay * 2, 0.2)
-
-    def get_payloads(self, oids, timeout=None) -> list:
-        packed = P.pack_ids(oids)
-        reply = self.request(lambda rid: (M.GET, rid, packed), timeout)
-        if reply is None:
-            raise GetTimeoutError(
-                f"get timed out after {timeout} s waiting for {len(oids)} object(s); "
-                f"the tasks making them are still pending or running")
-        ok, payload = reply
-        if not ok:
-            raise payload
-        return payload
-
-    def get_values(self, oids, timeout=None) -> list:
-        """Values of ``oids``.  In the gate from the reply to the last
-        decode: a reply's pins are released or handed to values, whatever
-        interrupts (it waits, so interrupts land, only inside ``request``)."""
-        known = self.known_values
-        with _gate:
-            # The reply has a payload per id asked for, in order: they are
-            # taken as ``oids`` is walked again (``missing[pos]``).  A
-            # repeated id is asked for as often as it is repeated (each
-            # payload of an arena object carries its own pin).
-            missing = [oid for oid in oids if oid not in known]
-            payloads = ()
-            if missing:
-                payloads = self.get_payloads(missing, timeout)
-                self._learn(missing, payloads)
-            values = []
-            error = None
-            pos = 0
-            left = len(missing)
-            try:
-                for oid in oids:
-                    if pos < left and oid is missing[pos]:
-                        payload = payloads[pos]
-                        pos += 1
-                    else:
-                        payload = _ABSENT
-                    if payload is None or (payload is _ABSENT and oid not in known):
-                        continue        # not ready: the node answered early, one failed
-                    if payload is not _ABSENT:
-                        kind, data = payload
-                        value = self.decode(oid, kind, data)          # pinned by the node
-                    else:
-                        kind, data = known[oid]
-                        value = self.decode(oid, kind, data, known=True)  # pinned by our ref
-                    if kind == ERROR and error is None:
-                        error = value
-                    values.append(value)
-            finally:
-                if pos < left:          # not decoded: release
-                    self.release_payloads(zip(missing[pos:], payloads[pos:]))
-            if error is not None:
-                raise as_raisable(error)
-            return values
-
-    def _learn(self, oids, payloads) -> None:
-        refs = self.local_refs
-        known = self.known_values
-        ready = self.known_ready
-        for oid, payload in zip(oids, payloads):
-            if payload is not None and oid in refs:
-                if type(payload[1]) is bytes:
-                    known[oid] = payload
-                else:
-                    ready.add(oid)      # arena locations can change (spilling): not kept
-
-    def wait(self, oids, num_returns, timeout, unique=None):
-        """``unique``: ``set(oids)``, if the caller has it (a faster test)."""
-        # Ready here: those whose inline value is kept (``known_values``) and
-        # those known ready (``known_ready``: arena objects, and objects
-        # waited on).
-        ready = self.known_ready
-        known = self.known_values
-        if ready.issuperset(oids):
-            return range(len(oids))
-        if known.keys() >= unique if unique is not None else all(map(known.__contains__, oids)):
-            ready.update(oids)      # waited on: the next wait takes the fastest test above
-            return range(len(oids))
-        local = [i for i, oid in enumerate(oids) if oid in known or oid in ready]
-        if len(local) >= num_returns:
-            return local
-        positions = self._wait_remote(oids, num_returns, timeout)
-        refs = self.local_refs
-        for i in positions:
-            if oids[i] in refs:
-                ready.add(oids[i])
-        return positions
 
     def _wait_remote(self, oids, num_returns, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -753,6 +581,9 @@ class CoreClient:
                      f"fail to decode here")
         elif tag == M.OUTPUT:
             show_output(msg, self.node_id)     # a task's prints, before its result
+        elif tag == M.FORGET:
+            self.places.forget(msg[1])          # FORGOT ops: the io thread sends them now
+            os.eventfd_write(self._wake, 1)
         elif tag == M.BAD_FRAME or tag == M.WARNING:
             # BAD_FRAME: the node could not decode or handle a frame we sent
             # (a bug on one side); it dropped that frame only, so carry on,
@@ -812,12 +643,3 @@ def _say(text) -> None:
 
 def slot_done(slot):
     return lambda: slot.done
-
-
-def as_raisable(err):
-    """The exception to raise for a stored error value."""
-    if isinstance(err, RayTaskError):
-        return err.as_instanceof_cause()
-    if isinstance(err, BaseException):
-        return err
-    return RayTaskError("<unknown>", repr(err))

@@ -19,6 +19,10 @@ with an event; a range is freed only once its bytes are on disk.
   to the end), skipping any a process is reading (``viewers``: zero-copy
   views handed out) or a request is about to read (``protect``).  An object
   read back keeps its copy on disk, so spilling it again writes nothing.
+  Objects whose place a process knows (``placed``: it reads them without
+  asking, ``_client_places``) are spilled only once it has forgotten it:
+  when the others are not enough, the node sends it FORGET and waits for
+  its FORGOT ops (``_ask_to_forget``); an ALLOC meanwhile waits too.
 * **Reading back**: whatever reads an object that is on disk (a GET reply,
   a task's EXECUTE, a peer's SEND_DATA) waits in a ``Need``: its objects
   are protected, those on disk are read back as room allows
@@ -353,8 +357,8 @@ class SpillManager:
                 self._write(batch)
             if freed:
                 continue                # ranges came free at once: serve again
-            if not batch and blocked:
-                self._no_room()
+            if not batch and blocked and not self._forgetting():
+                self._no_room()         # (else a FORGOT frees a place and pumps again)
             return
 
     def _choose(self, want) -> tuple:
@@ -362,9 +366,11 @@ class SpillManager:
         with a good copy on disk are freed now, the others are to write."""
         table = self.table
         spillable = table.spillable
-        again, batch, got, writing = [], [], 0, 0
+        again, batch, got, writing, placed = [], [], 0, 0, []
         for e in table.resident.values():
             if not spillable(e):
+                if e.placed and not (e.viewers or e.protect or e.io):
+                    placed.append(e)
                 continue
             if e.disk is not None:
                 again.append(e)
@@ -376,7 +382,36 @@ class SpillManager:
                 break
         for e in again:
             table.free_range(e)
+        if got < want and placed:
+            self._ask_to_forget(placed, want - got)
         return again, batch
+
+    def _ask_to_forget(self, placed, want) -> None:
+        """Ask the processes that know where these objects live (and read
+        them there without asking: ``lease_place``) to forget it, least
+        recently read first, about ``want`` bytes' worth; each FORGOT makes
+        them spillable."""
+        st = self.st
+        holders = [c for c in st.clients.values() if c.places]
+        asks = {}
+        got = 0
+        for e in placed:
+            oid = e.oid
+            for c in holders:
+                if oid in c.places and oid not in c.forgetting:
+                    asks.setdefault(c, []).append(oid)
+            got += e.size
+            if got >= want:
+                break
+        for c, oids in asks.items():
+            c.forgetting.update(oids)
+            st.send(c, (M.FORGET, oids))
+            if c.worker is not None:
+                st.poke(c.worker)       # busy in a task: read it now
+
+    def _forgetting(self) -> bool:
+        """A process was asked to FORGET places and has not answered yet."""
+        return any(c.forgetting for c in self.st.clients.values())
 
     def _write(self, batch) -> None:
         fid = self.next_file

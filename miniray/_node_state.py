@@ -38,6 +38,7 @@ from ._node_tasks import TaskManager
 from ._object_table import ObjectTable, READY, CREATING
 from ._scheduler import ResourcePool, ReadyQueues
 from ._node_queries import NodeQueries
+from ._node_records import Client, Waiter, Worker
 from ._store_report import StoreReport
 from ._serialization import dumps
 from ._task_output import prefix_lines, source_prefix
@@ -49,84 +50,6 @@ ERROR = P.K.ERROR
 IDLE_CHECK_S = 2.0      # how often extra idle workers are looked at
 IDLE_EXIT_S = 10.0      # how long an extra worker may stay idle
 LARGE_WRITE = 8 * 2**20  # an ALLOC this large pauses the prefault
-
-
-class Client:
-    """A connected process, as the state sees it: what it holds."""
-
-    __slots__ = ("cid", "role", "pid", "held", "views", "unsealed", "worker", "waiters",
-                 "closed", "peer")
-
-    def __init__(self, cid):
-        self.cid = cid
-        self.role = None
-        self.pid = None
-        self.held = set()       # oids this process holds refs to
-        self.views = {}         # oid -> zero-copy views handed to this process
-        self.unsealed = set()   # oids it allocated and has not sealed yet
-        self.worker = None
-        self.waiters = set()
-        self.closed = False
-        self.peer = None        # the node id, for a link to another node
-
-
-class Worker:
-    """A worker process, as the state sees it (the server owns the process)."""
-
-    __slots__ = ("wid", "pid", "client", "state", "task", "fn_keys", "blocked", "actor",
-                 "exit_desc", "idle_since", "kind", "calls", "queued", "revoking", "since",
-                 "turn", "batch")
-
-    def __init__(self, wid, now):
-        self.wid = wid
-        self.pid = None
-        self.client = None
-        self.state = "starting"   # -> idle <-> busy | actor | exiting -> dead
-        self.task = None
-        self.fn_keys = set()
-        self.blocked = 0
-        self.actor = None
-        self.exit_desc = None
-        self.idle_since = now
-        # "cpu" or "gpu" once it ran a task: GPU work never shares a process
-        # with CPU work (CUDA state, CUDA_VISIBLE_DEVICES), as in Ray.
-        self.kind = None
-        self.calls = {}         # function key -> runs, for max_calls
-        # Pipelining (``TaskManager.pipeline``): tasks sent to run after
-        # ``task`` (EXECUTE sent, not started as far as the node knows), or
-        # None; a REVOKE is unanswered.  Durations (``TaskManager._measured``):
-        # the function keys of the tasks that finished in the turn at
-        # ``turn``, which ran since ``since``.
-        self.queued = None
-        self.revoking = False
-        self.since = now
-        self.turn = now
-        self.batch = []
-
-
-class Waiter:
-    """A GET or WAIT request waiting for objects."""
-
-    __slots__ = ("client", "rid", "oids", "left", "num_returns", "is_wait", "done", "blocking")
-
-    def __init__(self, client, rid, oids, num_returns, is_wait):
-        self.client, self.rid, self.oids = client, rid, oids
-        self.left = 0
-        self.num_returns, self.is_wait = num_returns, is_wait
-        self.done = False
-        self.blocking = False
-
-    def on_ready(self, st, entry):
-        if self.done:
-            return
-        self.left -= 1
-        if self.is_wait:
-            if len(self.oids) - self.left >= self.num_returns:
-                st.finish_wait(self)
-        elif self.left <= 0 or entry.kind == ERROR:
-            # A failed object answers the get at once (as Ray raises the
-            # first error as soon as it is known); the others come as None.
-            st.finish_get(self)
 
 
 def node_resources(config: dict) -> dict:
@@ -282,7 +205,8 @@ class NodeState:
         self._closed_now.add(client.cid)
         for w in list(client.waiters):
             self.drop_waiter(w)
-        self.table.release_process(client, client.held, client.views, client.unsealed)
+        self.table.release_process(client, client.held, client.views, client.unsealed,
+                                   client.places)
         self.actors.owner_gone(client)
         if client.role == "node":
             self.cluster.link_closed(client)
@@ -331,6 +255,8 @@ class NodeState:
             self._reap_idle_workers()
         elif ev[1] == "heartbeat":
             self.cluster.heartbeat()
+        elif ev[1] == "pipeline":
+            self.tasks.check_stuck()
         elif ev[1] in self.report.gathers:
             self.report.expire(ev[1])
 
@@ -523,6 +449,7 @@ class NodeState:
             return
         if hold:
             table.hold(client.held, oid)
+            table.lease_place(client.places, e)     # the writer knows where it is
         self.notify(e, table.seal(e, kind, None, contained))
 
     def notify(self, entry, waiters) -> None:
@@ -538,6 +465,16 @@ class NodeState:
                 return None         # on disk (a GET answered early: another one failed)
             self.table.pin_view(client.views, e)
         return e.payload()
+
+    def get_payload_for(self, client, e) -> tuple:
+        """``payload_for`` for a GET reply: a process that holds a ref to an
+        arena object may keep its place and read it again without asking
+        (the client keeps it only if it still holds the ref then: see
+        ``_core``; a lease it does not keep ends at its DECREF or a FORGET)."""
+        p = self.payload_for(client, e)
+        if p is not None and e.inline is None and e.oid in client.held and client.peer is None:
+            self.table.lease_place(client.places, e)
+        return p
 
     def on_get(self, client, msg) -> None:
         _, rid, oids = msg
@@ -574,7 +511,7 @@ class NodeState:
                 self.cluster.transfer.ensure(e)
         if w is None:
             if not self.spill.files or not any(entries[o].spilled for o in oids):
-                pf = self.payload_for
+                pf = self.get_payload_for
                 self.send(client, (M.REPLY, rid, True, [pf(client, entries[o]) for o in oids]))
                 return
             w = Waiter(client, rid, oids, 0, False)     # some are on disk: read back first
@@ -620,7 +557,7 @@ class NodeState:
                     f"object {oid.hex()} was freed while a get waited for it: the last "
                     f"reference to it was dropped meanwhile")))
                 return
-        payload_for = self.payload_for
+        payload_for = self.get_payload_for
         self.send(client, (M.REPLY, w.rid, True, [
             payload_for(client, e) if e is not None and e.state == READY else None
             for e in map(self.table.peek, w.oids)]))
@@ -661,13 +598,14 @@ class NodeState:
 
     def finish_wait(self, w) -> None:
         self._end_waiting(w)
+        if w.left > 0:
+            self._drop_from_entries(w)      # not left waiting on the refs that were not ready
         self.send(w.client, (M.REPLY, w.rid, True, self._ready_positions(w.oids)))
 
     def on_wait_now(self, client, msg) -> None:
         wait_rid = msg[1]
         for w in list(client.waiters):
             if w.rid == wait_rid and w.is_wait and not w.done:
-                self._drop_from_entries(w)
                 self.finish_wait(w)
 
     def on_drop_req(self, client, msg) -> None:
@@ -695,10 +633,22 @@ class NodeState:
         for op, oid in msg[1]:
             if op == P.R.DECREF:
                 table.unhold(held, oid)
+                if oid in client.places:
+                    table.unlease_place(client.places, oid)
+                    client.forgetting.discard(oid)
             elif op == P.R.INCREF:
                 table.hold(held, oid)
             elif op == P.R.UNPIN:
                 table.unpin_view(client.views, oid)
+            elif op == P.R.PIN:
+                # A view made from a known place: counted as a GET's would be
+                # (the place is leased, so the range is still this object's).
+                e = table.entries.get(oid) if oid in client.places else None
+                if e is not None:
+                    table.pin_view(client.views, e)
+            elif op == P.R.FORGOT:
+                table.unlease_place(client.places, oid)
+                client.forgetting.discard(oid)
 
     # -- frames that cannot be decoded or handled ---------------------------------------------------
     def _on_unknown(self, client, msg) -> None:

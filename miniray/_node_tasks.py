@@ -15,11 +15,10 @@ state (``_node_state``): it emits instructions through ``st.send``,
 """
 from __future__ import annotations
 
-from collections import deque
-
 from . import _protocol as P
 from . import _task_spec as S
 from ._node_lineage import LineageManager
+from ._node_pipeline import Pipelining
 from ._object_table import READY, side_field
 from ._scheduler import format_resources, gpu_amount
 from ._task_kind import TaskKind, kind_of
@@ -32,14 +31,6 @@ ERROR = P.K.ERROR
 # Queued tasks from which specs are compacted (see TaskManager._compact).
 COMPACT_FROM = 1000
 _NO_DEPS: list = []     # shared by compacted specs: never changed in place
-# Pipelining (see TaskManager.pipeline): a function whose tasks take less
-# than SHORT_S on average (measured here) may have tasks sent to a busy
-# worker to run after its current one, up to PIPELINE_S of their measured
-# time and PIPELINE_MAX tasks per worker.
-SHORT_S = 0.001
-PIPELINE_S = 0.002
-PIPELINE_MAX = 64
-DURATIONS_KEPT = 4096   # function keys whose average duration is kept
 
 
 class TaskExtra:
@@ -117,7 +108,7 @@ class Task:
             st.tasks.deps_ready(self)
 
 
-class TaskManager:
+class TaskManager(Pipelining):
     def __init__(self, st):
         self.st = st
         self.tasks: dict[bytes, Task] = {}
@@ -127,6 +118,9 @@ class TaskManager:
         self.shared: dict = {}          # one copy of the spec fields queued tasks repeat
         self.last_args = None           # the inline args of the last compacted spec
         self.durations: dict = {}       # function key -> average seconds per task, measured
+        self.cancels: dict = {}         # tid -> force: cancels waiting for a REVOKED
+        self.stuck_timer = False        # the "pipeline" timer is armed
+        self.killed_for: dict = {}      # wid -> tid of the task a forced cancel kills it for
 
     # -- submission -------------------------------------------------------------------
     def on_submit(self, client, msg) -> None:
@@ -384,143 +378,6 @@ class TaskManager:
                     self.pipeline(shape)
         st.actors.schedule()
 
-    # -- pipelining ---------------------------------------------------------------------
-    # A worker that runs one task at a time waits a round trip through the
-    # node between tasks (TASK_DONE, then the next EXECUTE): for tasks of a
-    # few microseconds that wait, and one node turn per task, is most of the
-    # cost.  So when tasks are left in a queue with no idle worker for them,
-    # short ones (their function measured under SHORT_S per task) are sent to
-    # busy workers running a task of the same shape, to run after it: the
-    # worker queues them in order (``Worker.queued`` here), and its resources
-    # pass from one to the next.  A task queued there is "running" for cancel
-    # (CANCEL_TASK: the worker skips it; it fails here at once) and for
-    # worker deaths (it goes back to the queue, no retry spent).  A worker
-    # whose task blocks in get/wait gives its queued tasks back (REVOKE ->
-    # REVOKED: the tasks it had not started), so a task waiting for a task
-    # queued behind it cannot deadlock.  The bound (PIPELINE_S of measured
-    # time per worker) keeps a long task from holding much work behind it.
-    def pipeline(self, shape) -> None:
-        """Send the short tasks at the head of ``shape``'s queue to busy
-        workers running that shape."""
-        st = self.st
-        ready = st.ready
-        deferred = st.spill.deferred
-        for w in st.workers.values():
-            if w.state != "busy" or w.blocked or w.revoking or w.client is None:
-                continue
-            cur = w.task
-            if cur is None or cur.shape != shape or cur.lent or w.kind != "cpu" or \
-                    self._average(cur) is None or (deferred and w in deferred):
-                continue
-            q = w.queued
-            while True:
-                t = ready.peek(shape)
-                if t is None:
-                    return
-                avg = self._average(t)
-                if avg is None:
-                    return          # not known short: it waits for a worker (FIFO order)
-                if q is not None and len(q) >= min(PIPELINE_MAX, PIPELINE_S / max(avg, 1e-6)):
-                    break
-                ready.pop(shape)
-                if q is None:
-                    q = w.queued = deque()
-                q.append(t)
-                self.dispatch(t, w, queued=True)
-
-    def _average(self, t):
-        """The measured time per task of ``t``'s function, if ``t`` may be
-        pipelined (a plain task, no arguments to fetch or pin, no
-        max_calls) and that time is short; else None."""
-        spec = t.spec
-        if t.actor is not None or spec[S.DEPS] or spec[S.ARGS_OID] is not None:
-            return None
-        avg = self.durations.get(spec[S.FN_KEY])
-        if avg is None or avg >= SHORT_S:
-            return None
-        extra = spec[S.EXTRA]
-        if extra and extra.get("max_calls"):
-            return None
-        return avg
-
-    def _measured(self, w, t) -> None:
-        """``t`` finished on ``w``.  The tasks that finish on a worker in one
-        turn ran in the time since its previous such turn (or since it got
-        its first task): each counts that time divided by their number,
-        once the turn is over (``_sample``).  A state whose clock does not
-        move (``now`` comes with each turn: ``NodeState.handle``) measures
-        nothing, and pipelines nothing."""
-        now = self.st.now
-        if now != w.turn:
-            self._sample(w)
-            w.since = w.turn
-            w.turn = now
-        w.batch.append(t.spec[S.FN_KEY])
-
-    def _sample(self, w) -> None:
-        batch = w.batch
-        if not batch:
-            return
-        w.batch = []
-        span = w.turn - w.since
-        if span <= 0:
-            return
-        each = span / len(batch)
-        durations = self.durations
-        for key in batch:
-            avg = durations.get(key)
-            if avg is None:
-                if len(durations) >= DURATIONS_KEPT:
-                    durations.clear()
-                durations[key] = each
-            else:
-                durations[key] = avg + 0.05 * (each - avg)
-
-    def on_revoked(self, client, msg) -> None:
-        """REVOKED: the queued tasks the worker gave back (it will not run
-        them) go back to the front of their queue, in order."""
-        w = client.worker
-        if w is None:
-            return
-        w.revoking = False
-        back = set(msg[1])
-        if not back:
-            return
-        returned = []
-        q = w.queued
-        if q:
-            keep = deque()
-            for t in q:
-                (returned if t.tid in back else keep).append(t)
-            w.queued = keep or None
-        cur = w.task
-        if cur is not None and cur.actor is None and cur.tid in back:
-            # Its task ended before it read the REVOKE (the task's thread
-            # blocked, not the task), and this one, which it never started,
-            # had become its current task here.
-            returned.insert(0, cur)
-            self._release_worker(w, cur)
-        ready = self.st.ready
-        for t in reversed(returned):
-            t.state = "ready"
-            t.worker = None
-            ready.push_front(t.shape, t)
-        self.st.schedule_needed = True
-
-    def _requeue(self, w) -> None:
-        """``w`` is gone: the tasks queued there (never started) go back to
-        the front of their queue, in order."""
-        q = w.queued
-        w.queued = None
-        w.revoking = False
-        if q:
-            ready = self.st.ready
-            for t in reversed(q):
-                t.state = "ready"
-                t.worker = None
-                ready.push_front(t.shape, t)
-            self.st.schedule_needed = True
-
     def _grow_pool(self) -> None:
         """Start workers for ready tasks that could run now but have no idle
         worker (workers blocked in get lend their CPUs), minus those already
@@ -749,6 +606,8 @@ class TaskManager:
         if not tasks:
             tasks.clear()       # a dict keeps the size of its longest queue until cleared
         t.state = "done"
+        if self.cancels:
+            self.cancels.pop(t.tid, None)
         if t.x is not None:         # (most tasks have none of these)
             if t.parent is not None:
                 if t.parent.children:
@@ -771,7 +630,15 @@ class TaskManager:
         self._release_worker(w, t)
         name = t.spec[S.NAME]
         if t.cancelled:
+            self.cancels.pop(t.tid, None)
             self.fail(t, TaskCancelledError(t.tid.hex()))
+            return
+        target = self.killed_for.pop(w.wid, None) if self.killed_for else None
+        if target is not None and target != t.tid:
+            # Killed to cancel another task, which had just finished: this
+            # one did not crash the worker and spends no retry.
+            t.state = "ready"
+            self.st.ready.push_front(t.shape, t)
             return
         if t.retries_left > 0:
             t.retries_left -= 1
@@ -788,10 +655,7 @@ class TaskManager:
     def worker_blocked(self, w) -> None:
         """A worker running a task waits in get/wait: lend its CPUs back so
         the tasks it waits for can run (nested tasks never deadlock)."""
-        if w.queued and not w.revoking and w.client is not None:
-            # Tasks queued behind the blocked one come back (see ``pipeline``).
-            w.revoking = True
-            self.st.send(w.client, (M.REVOKE, [q.tid for q in w.queued]))
+        self.revoke(w, poke=False)  # tasks queued behind the blocked one come back (``pipeline``)
         t = w.task
         if t is not None and t.cpu and not t.lent:
             t.lent = True
@@ -804,6 +668,15 @@ class TaskManager:
         if t is not None and t.lent:
             t.lent = False
             self.st.resources.available["CPU"] -= t.cpu
+
+    def interrupt(self, w, t, force) -> None:
+        """Cancel ``t``, which ``w`` runs: CANCEL_TASK (+ poke), or a kill."""
+        if force:
+            self.killed_for[w.wid] = t.tid
+            self.st.kill(w)
+        elif w.client is not None:
+            self.st.send(w.client, (M.CANCEL_TASK, t.tid))
+            self.st.poke(w)
 
     def on_cancel(self, client, msg) -> None:
         oid, force = msg[1], msg[2]
@@ -832,30 +705,11 @@ class TaskManager:
                 st.send(link, (M.CANCEL, t.returns[0] if t.returns else t.tid + b"\0\0",
                                force, recursive))
             return
-        if t.state == "running" and t.worker is not None and t.worker.task is not t \
-                and t.actor is None:
-            # Queued at a worker behind its current task (``pipeline``): it
-            # fails now; the worker is told, so that it skips it (or, if it
-            # has just started it, interrupts it).
-            w = t.worker
-            if w.queued and t in w.queued:
-                w.queued.remove(t)
-                if not w.queued:
-                    w.queued = None
-            t.worker = None
-            if w.client is not None:
-                st.send(w.client, (M.CANCEL_TASK, t.tid))
-                st.poke(w)
-            t.state = "cancelled"
-            self.fail(t, TaskCancelledError(t.tid.hex()))
-            return
         if t.state == "running" and t.worker is not None:
-            w = t.worker
-            if force:
-                st.kill(w)
-            elif w.client is not None:
-                st.send(w.client, (M.CANCEL_TASK, t.tid))
-                st.poke(w)
+            # At a worker with a queue (``pipeline``), it may not have started
+            # yet, or have finished: decided when the queue comes back.
+            if not self.cancel_pipelined(t, force):
+                self.interrupt(t.worker, t, force)
             return
         if t.state == "ready":
             st.ready.remove(t.shape, t)

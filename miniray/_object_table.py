@@ -112,7 +112,7 @@ class EntryExtra:
     Read and written through ``Entry``'s properties of the same names."""
 
     __slots__ = ("owner", "location", "pulling", "peer_waiters", "remote_leases", "lineage",
-                 "copies", "viewers", "disk", "io", "protect")
+                 "copies", "viewers", "disk", "io", "protect", "placed")
 
     def __init__(self):
         # Cluster: the node counting its refs if not this one; where its
@@ -136,6 +136,10 @@ class EntryExtra:
         self.disk = None
         self.io = 0
         self.protect = 0
+        # Processes that know its place and read it without asking
+        # (``lease_place``): its range is not freed by spilling until each
+        # gives that up (FORGOT), drops its ref or exits.
+        self.placed = 0
 
 
 def side_field(side_class, name, default):
@@ -167,7 +171,7 @@ def _extra(name):
 
 _EXTRA_DEFAULTS = {"owner": None, "location": None, "pulling": False, "peer_waiters": None,
                    "remote_leases": None, "lineage": None, "copies": None, "viewers": 0,
-                   "disk": None, "io": 0, "protect": 0}
+                   "disk": None, "io": 0, "protect": 0, "placed": 0}
 
 
 class Entry:
@@ -200,6 +204,7 @@ class Entry:
     disk = _extra("disk")
     io = _extra("io")
     protect = _extra("protect")
+    placed = _extra("placed")
 
     @property
     def spilled(self) -> bool:
@@ -469,8 +474,30 @@ class ObjectTable:
                     self.hint = True
             self.unpin(oid)
 
-    def release_process(self, writer, held: set, views: dict, unsealed: set) -> None:
+    def lease_place(self, places: set, e: Entry) -> None:
+        """The process whose set is ``places`` was told where ``e`` lives in
+        the arena and may read it there without asking (making a view sends
+        PIN): ``e``'s range is not freed by spilling until the process gives
+        the place up (FORGOT), drops its ref or exits."""
+        oid = e.oid
+        if oid not in places:
+            places.add(oid)
+            e.placed += 1
+
+    def unlease_place(self, places: set, oid) -> None:
+        if oid in places:
+            places.discard(oid)
+            e = self.entries.get(oid)
+            if e is not None and e.placed > 0:
+                e.placed -= 1
+                if not e.placed:
+                    self.hint = True
+
+    def release_process(self, writer, held: set, views: dict, unsealed: set,
+                        places: set = ()) -> None:
         """A process is gone: everything it held, viewed or was writing."""
+        for oid in list(places):
+            self.unlease_place(places, oid)
         for oid in unsealed:
             self.drop_unsealed(oid, writer)
         unsealed.clear()
@@ -572,8 +599,10 @@ class ObjectTable:
     # -- spilling (the policy is ``_node_spill``) -------------------------------
     @staticmethod
     def spillable(e: Entry) -> bool:
-        """Sealed, in the arena, and nobody reads it or is about to."""
-        return not (e.viewers or e.protect or e.io) and e.offset >= 0 and e.inline is None
+        """Sealed, in the arena, and nobody reads it or is about to (or may,
+        knowing its place)."""
+        return not (e.viewers or e.protect or e.io or e.placed) and e.offset >= 0 \
+            and e.inline is None
 
     def free_range(self, e: Entry) -> None:
         """``e``'s bytes are safe on disk: its range goes back (it stays READY)."""

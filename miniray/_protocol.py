@@ -53,6 +53,9 @@ node -> client
   EXECUTE       spec, fn_blob | None, deps: list[(kind, data | (offset, size))],
                 args: bytes | (kind, (offset, size))
   CANCEL_TASK   task_id
+  FORGET        oids                              stop reading these objects at the places this
+                                                  process was told (answered by FORGOT ops;
+                                                  the node wants to spill them: see ``_core``)
   REVOKE        task_ids                          (to a worker) give back the tasks sent to
                                                   run after its current one, if not started
                                                   (answered by REVOKED; see ``_node_tasks``)
@@ -157,6 +160,7 @@ class Msg(enum.IntEnum):
     PULL_FROM = 48
     REVOKE = 49
     REVOKED = 50
+    FORGET = 51
     CALL_SITE = 60
 
 
@@ -164,6 +168,8 @@ class RefOp(enum.IntEnum):
     INCREF = 1   # this process now holds a ref to the object
     DECREF = 2   # this process holds no ref any more
     UNPIN = 3    # a zero-copy view handed out by GET/EXECUTE is gone
+    PIN = 4      # a zero-copy view made from a known place (``_core``): UNPIN ends it
+    FORGOT = 5   # this process no longer reads the object at its known place (FORGET)
 
 
 class Kind(enum.IntEnum):

@@ -68,7 +68,8 @@ class StoreReport:
         if type(key) is not bytes or type(text) is not str:
             raise ValueError("malformed CALL_SITE message")
         sites = self.sites
-        if len(sites) > 2 * len(self.st.table.entries) + 1024:
+        st = self.st
+        if len(sites) > 2 * (len(st.table.entries) + len(st.tasks.tasks)) + 1024:
             self._prune_sites()
         self.sites_seen = True
         sites[key[:14]] = text[:MAX_SITE_LEN]

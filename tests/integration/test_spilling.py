@@ -143,6 +143,33 @@ def test_a_view_being_read_is_never_spilled(ray_factory):
     del others, more
 
 
+@miniray.remote
+def make_array(i):
+    return array(i), time.monotonic()
+
+
+def test_a_busy_driver_gives_up_known_places_so_a_task_can_put(ray_factory):
+    """The driver knows where its puts live and reads them without asking
+    the node (a get is no round trip); when a task needs the room, the node
+    asks the driver to forget those places, and the driver's io thread
+    answers while its main thread is busy in Python code."""
+    ray = ray_factory(num_cpus=1, object_store_memory=STORE)
+    mine = [ray.put(array(i)) for i in range(5)]          # 50 of 64 MiB, all placed
+    expected = [digest(ray.get(r)) for r in mine]        # read at their places
+    refs = [make_array.remote(100 + i) for i in range(3)]  # 30 MiB more: room is wanted
+    t0 = time.monotonic()
+    x = 0
+    while time.monotonic() - t0 < 4.0:                    # busy, never calling miniray
+        x += 1
+    done = ray.get(refs, timeout=30)
+    finished = max(t for _, t in done)
+    assert finished - t0 < 3.0, f"the tasks waited for the busy driver: {finished - t0:.1f} s"
+    assert node_stats()["spilled_total"] >= 1
+    assert [digest(ray.get(r)) for r in mine] == expected  # read back from disk, intact
+    assert [digest(a) for a, _ in done] == [digest(array(100 + i)) for i in range(3)]
+    del done
+
+
 def _tiny_tmpfs(path) -> bool:
     os.makedirs(path, exist_ok=True)
     return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],

@@ -1,7 +1,7 @@
 """Long queues in the node's pure state: the return entry of a queued task
 made only when something needs it (``_object_table.Entries``), small
 results shared, and pipelining short tasks to busy workers
-(``TaskManager.pipeline``).
+(``_node_pipeline``).
 
 A test that needs the node to know a function is short either sets its
 measured duration (``durations``) or feeds turns with a clock
@@ -10,8 +10,11 @@ clock, so nothing is pipelined there.
 """
 from __future__ import annotations
 
+import pytest
+
 from miniray import _protocol as P
 from miniray import _task_spec as S
+from miniray._node_pipeline import STUCK_S
 from miniray._node_state import D, E
 from miniray._object_table import PENDING, READY, SMALL_PAYLOAD
 from miniray.exceptions import TaskCancelledError
@@ -201,7 +204,8 @@ def test_short_tasks_queue_at_a_busy_worker_and_run_in_order():
     d = n.driver()
     a, b, c = spec("a"), spec("b"), spec("c")
     assert n.submit(d, a) == [(SEND, n.wc(1), execute(a))]
-    assert n.submit(d, b) == [(SEND, n.wc(1), execute(b, blob=None))]     # queued behind a
+    assert n.submit(d, b) == [(SEND, n.wc(1), execute(b, blob=None)),     # queued behind a
+                              (D.TIMER, STUCK_S, "pipeline")]
     assert n.submit(d, c) == [(SEND, n.wc(1), execute(c, blob=None))]
     w = n.worker(1)
     assert w.task.tid == a[S.TASK_ID] and [t.tid for t in w.queued] == [b[S.TASK_ID], c[S.TASK_ID]]
@@ -280,25 +284,86 @@ def test_a_dead_worker_gives_its_queued_tasks_back_without_spending_retries():
     assert n.value(ret(b)) == (VALUE, b"value") and n.value(ret(c)) == (VALUE, b"value")
 
 
-def test_cancel_of_a_queued_task_fails_it_now_and_the_worker_skips_it():
-    n = short(Node().pool())
+def queued_three(n):
     d = n.driver()
     a, b, c = spec("a"), spec("b"), spec("c")
-    for s in (a, b, c):
-        n.submit(d, s)
+    for x in (a, b, c):
+        n.submit(d, x)
     n.get(d, 4, [ret(b)])
-    out = n.msgs(d, (M.CANCEL, ret(b), True, True))     # force: no kill for a queued task
-    assert (SEND, n.wc(1), (M.CANCEL_TASK, b[S.TASK_ID])) in out
-    assert (D.POKE, 1, n.wc(1)) in out and (D.KILL, 1) not in out
+    return d, a, b, c
+
+
+def test_cancel_of_a_queued_task_takes_the_queue_back_first_then_fails_it():
+    n = short(Node().pool())
+    d, a, b, c = queued_three(n)
+    out = n.msgs(d, (M.CANCEL, ret(b), True, True))
+    # Whether the worker started b is known only once it answers.
+    assert out == [(SEND, n.wc(1), (M.REVOKE, [b[S.TASK_ID], c[S.TASK_ID]])),
+                   (D.POKE, 1, n.wc(1))]            # busy in a: made to read it
+    out = n.msgs(n.wc(1), (M.REVOKED, [b[S.TASK_ID], c[S.TASK_ID]]))
     assert isinstance(decode(reply_of(out, d, 4)[3][0][1]), TaskCancelledError)
-    w = n.worker(1)
-    assert [t.tid for t in w.queued] == [c[S.TASK_ID]]
+    assert (D.KILL, 1) not in out                   # force, but b never started: no kill
+    assert n.st.tasks.tasks[c[S.TASK_ID]].state != "cancelled"
     n.done(1, a)
-    assert w.task.tid == c[S.TASK_ID]
-    # The worker reports the skipped task (cancelled before it started): stale, ignored.
-    assert n.done(1, b, values(b, b"late")) == [] and w.task.tid == c[S.TASK_ID]
-    n.done(1, c)
-    assert n.idle() == [1] and n.cpu() == 1.0
+    assert n.value(ret(a))[0] == VALUE
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_cancel_of_a_queued_task_the_worker_had_started_reaches_it(force):
+    n = short(Node().pool())
+    d, a, b, c = queued_three(n)
+    n.msgs(d, (M.CANCEL, ret(b), force, True))
+    n.done(1, a)                                    # (sent before its REVOKED: a was done)
+    out = n.msgs(n.wc(1), (M.REVOKED, [c[S.TASK_ID]]))      # b had started
+    if force:
+        assert (D.KILL, 1) in out
+        out = n.exited(1)
+        assert isinstance(decode(reply_of(out, d, 4)[3][0][1]), TaskCancelledError)
+        assert n.st.tasks.tasks[c[S.TASK_ID]].retries_left == 0 and \
+            n.st.tasks.tasks[c[S.TASK_ID]].state == "ready"   # c never ran: back in the queue
+    else:
+        assert (SEND, n.wc(1), (M.CANCEL_TASK, b[S.TASK_ID])) in out and (D.POKE, 1, n.wc(1)) in out
+
+
+def test_cancel_of_a_queued_task_that_finished_meanwhile_keeps_its_value():
+    n = short(Node().pool())
+    d, a, b, c = queued_three(n)
+    n.msgs(d, (M.CANCEL, ret(b), True, True))
+    n.done(1, a)
+    out = n.done(1, b, values(b, b"ran"))
+    assert reply_of(out, d, 4)[3][0] == (VALUE, b"ran")     # too late to cancel, as in Ray
+    out = n.msgs(n.wc(1), (M.REVOKED, [c[S.TASK_ID]]))
+    assert (D.KILL, 1) not in out and not any(ins[0] == SEND and ins[2][0] == M.CANCEL_TASK
+                                              for ins in out)
+
+
+def test_a_kill_for_a_cancel_charges_no_other_task():
+    """A forced cancel kills the worker for task a; a had just finished and
+    the worker took b: b did not crash it and keeps its retries."""
+    n = Node().pool()
+    d = n.driver()
+    a, b = spec("a"), spec("b", max_retries=0)
+    n.submit(d, a)
+    n.submit(d, b)
+    assert (D.KILL, 1) in n.msgs(d, (M.CANCEL, ret(a), True, True))
+    out = n.done(1, a)                              # its TASK_DONE was on the way
+    assert (SEND, n.wc(1), execute(b, blob=None)) in out
+    n.exited(1)
+    t = n.st.tasks.tasks[b[S.TASK_ID]]
+    e = peek(n, ret(b))
+    assert t.state == "ready" and (e is None or e.state != READY)
+
+
+def test_a_worker_that_finishes_nothing_for_a_while_gives_its_queue_back():
+    n = short(Node().pool())
+    d, a, b, c = queued_three(n)
+    assert n.handle((E.TIMER, "pipeline", STUCK_S / 2)) == [(D.TIMER, STUCK_S, "pipeline")]
+    out = n.handle((E.TIMER, "pipeline", 1.0))      # a has run for a second
+    assert out == [(SEND, n.wc(1), (M.REVOKE, [b[S.TASK_ID], c[S.TASK_ID]])),
+                   (D.POKE, 1, n.wc(1))]
+    n.msgs(n.wc(1), (M.REVOKED, [b[S.TASK_ID], c[S.TASK_ID]]))
+    assert n.worker(1).queued is None
+    assert [t.tid for t in n.st.ready._queues[a[S.RESOURCES]]] == [b[S.TASK_ID], c[S.TASK_ID]]
 
 
 def test_a_blocked_worker_gives_back_its_queued_tasks():

@@ -32,19 +32,24 @@ def alloc(n, cid, rid, oid, size=SZ):
     return quiet(n.msgs(cid, (M.ALLOC, rid, oid, size)))
 
 
-def put(n, cid, oid, size=SZ, rid=900):
-    """ALLOC + SEAL of an arena object that fits now; its offset."""
+def put(n, cid, oid, size=SZ, rid=900, keep_place=False):
+    """ALLOC + SEAL of an arena object that fits now; its offset.  The
+    writer gives up the place it was leased (FORGOT) unless ``keep_place``:
+    these tests are about what is spilled, not about places."""
     out = alloc(n, cid, rid, oid, size)
     assert out[-1][2][:3] == (M.REPLY, rid, True), out
     assert n.msgs(cid, (M.SEAL, oid, VALUE, True, [])) == []
+    if not keep_place:
+        assert n.msgs(cid, (M.REFS, [(R.FORGOT, oid)])) == []
     return out[-1][2][3][0]
 
 
 def read_and_release(n, cid, oid, rid=800):
-    """A GET (a view pinned) then its UNPIN: ``oid`` becomes the most recent."""
+    """A GET (a view pinned) then its UNPIN: ``oid`` becomes the most
+    recent.  (The place the GET leased is given up too.)"""
     out = n.get(cid, rid, [oid])
     assert out[0][2][:3] == (M.REPLY, rid, True), out
-    n.msgs(cid, (M.REFS, [(R.UNPIN, oid)]))
+    n.msgs(cid, (M.REFS, [(R.UNPIN, oid), (R.FORGOT, oid)]))
 
 
 def spilled(n, fid, error=None):
@@ -148,7 +153,7 @@ def test_an_object_read_back_is_spilled_again_without_writing():
     a, b, c = spill_a(n, d)
     assert n.get(d, 3, [a])[0][0] == D.RESTORE
     assert restored(n, a)[0][2][:3] == (M.REPLY, 3, True)
-    n.msgs(d, (M.REFS, [(R.UNPIN, a)]))
+    n.msgs(d, (M.REFS, [(R.UNPIN, a), (R.FORGOT, a)]))
     read_and_release(n, d, b)
     read_and_release(n, d, c)                           # a is the least recent now
     out = alloc(n, d, 4, new_oid())                     # its copy on disk is still good:
@@ -339,7 +344,7 @@ def test_no_spilling_ahead_after_a_failure_until_one_succeeds():
     put(n, d, new_oid(), 12 * MiB)
     o = new_oid()
     assert alloc(n, d, 1, o, 12 * MiB)[-1][0] == D.SPILL
-    n.msgs(d, (M.SEAL, o, VALUE, True, []))
+    n.msgs(d, (M.SEAL, o, VALUE, True, []), (M.REFS, [(R.FORGOT, o)]))
     assert spilled(n, 1, ENOSPC) == []                  # nobody waited: a log line only
     out = alloc(n, d, 2, new_oid(), 4 * MiB)            # 40 MiB: above the mark, but
     assert [ins[0] for ins in out] == [SEND]            # spilling ahead pauses
@@ -379,7 +384,8 @@ def test_a_peer_pulling_a_spilled_object_waits_while_it_is_read_back():
     d = h.driver()
     a, b, c = new_oid(), new_oid(), new_oid()
     for rid, o in enumerate((a, b, c)):
-        net.msgs("H", d, (M.ALLOC, rid, o, SZ), (M.SEAL, o, VALUE, True, []))
+        net.msgs("H", d, (M.ALLOC, rid, o, SZ), (M.SEAL, o, VALUE, True, []),
+                 (M.REFS, [(R.FORGOT, o)]))
     # 60 MiB sealed, above the 0.8 mark: a (least recent) is written out.
     (spill,) = [x for n, kind, x in net.log if n == "H" and kind == "do" and x[0] == D.SPILL]
     assert [item[0] for item in spill[2]] == [a]
