@@ -36,12 +36,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections import deque
 
 from . import _node_tls
 from . import _protocol as P
 from . import _tls
 from ._node_events import E, D
+from ._node_conn import Conn
 from ._node_state import NodeState
 from ._store.arena import Prefault, create_arena_file
 from ._store.spill_files import SpillFiles
@@ -61,55 +61,6 @@ SEND = D.SEND
 
 
 log = _node_tls.log
-
-
-class Conn:
-    """One client connection: socket, framing and the output buffer."""
-
-    __slots__ = ("sock", "cid", "server", "reader", "out", "authed", "nonce", "closed",
-                 "want_write", "dialing", "queue", "raw", "expect", "tls", "handler", "peer",
-                 "auth_by")
-
-    def __init__(self, sock, server, cid):
-        self.sock = sock
-        self.cid = cid        # never reused, unlike the fd: events may trail a close
-        self.server = server
-        self.reader = P.FrameReader(P.decode_untrusted, raw_tag=M.DATA)
-        self.out = bytearray()
-        # Object bytes stream from the arena without a copy: frames before
-        # them wait in ``queue`` with them, in order (see send_raw, _write).
-        self.queue = deque()
-        self.raw = None         # [destination view | None, received, size, oid]
-        self.expect = {}        # oid -> arena view its DATA goes into
-        self.authed = False
-        self.nonce = os.urandom(NONCE_LEN)
-        self.closed = False
-        self.want_write = False
-        self.dialing = None     # our handshake as the client of a peer node (see _dial_step)
-        self.auth_by = None     # an accepted TCP peer must have proved the token by then
-        self.tls = None         # TLS handshake state (see _tls_step); None: none or done
-        self.handler = None     # the selector's callback for this socket
-        self.peer = None        # "ip:port" of a TCP client, for messages
-
-    def send(self, msg) -> None:
-        if self.closed:
-            return
-        body = P._dumps(msg, 5)
-        out = self.out
-        if not out and not self.queue:
-            self.server.dirty.append(self)
-        out += P._pack_len(len(body))
-        out += body
-
-    def send_raw(self, msg, data) -> None:
-        """``msg`` (a DATA header), then ``data`` as is (an arena view)."""
-        self.send(msg)
-        self.queue.append(self.out)
-        self.queue.append(data)
-        self.out = bytearray()
-
-    def pending(self) -> bool:
-        return bool(self.queue or self.out)
 
 
 class Proc:
@@ -280,16 +231,22 @@ class NodeServer(_node_tls.TLSLinks):
         sock = conn.sock
         q = conn.queue
         try:
-            while q:
-                item = q[0]
-                sent = sock.send(item)
-                if sent < len(item):
-                    q[0] = memoryview(item)[sent:]
-                    return True
-                q.popleft()
-            if conn.out:
-                sent = sock.send(conn.out)
-                del conn.out[:sent]
+            while True:
+                while q:
+                    item = q[0]
+                    sent = sock.send(item)
+                    if sent < len(item):
+                        q[0] = memoryview(item)[sent:]
+                        return True
+                    q.popleft()
+                if conn.out:            # frames go between chunks
+                    sent = sock.send(conn.out)
+                    del conn.out[:sent]
+                    if conn.out:
+                        return True
+                if not conn.streams:
+                    break
+                conn.next_chunk()
         except WOULD_BLOCK:
             # Over TLS nothing was taken: the same bytes (or more after
             # them) go again, as OpenSSL requires of a retried write.
@@ -388,16 +345,27 @@ class NodeServer(_node_tls.TLSLinks):
             header = msgs.pop()
             if msgs:
                 self.events.append((E.MESSAGES, conn.cid, msgs))
-            _, oid, size = header[:3]
-            dest = conn.expect.pop(oid, None)
-            conn.raw = [dest, 0, size, oid]
+            try:
+                _, oid, size, pos, last = header
+                dest = conn.expect.get(oid)
+                if type(size) is not int or type(pos) is not int or size < 0 or pos < 0 or (
+                        dest is not None and pos + size > len(dest)):
+                    raise ValueError(header[:1] + header[2:])
+            except (ValueError, TypeError) as exc:
+                # The bytes that follow cannot be placed: the stream is lost.
+                log(f"closing a connection that sent a bad DATA header: {exc}")
+                self._close(conn)
+                return
+            if dest is not None:
+                dest = dest[pos:pos + size]
+            conn.raw = [dest, 0, size, oid, last]
             self._raw_bytes(conn, conn.reader.take_buffered(size))
             if conn.raw is not None:
                 return              # the rest comes with later reads
             msgs = conn.reader.feed(b"")     # frames that followed the bytes
 
     def _raw_bytes(self, conn, data) -> None:
-        dest, got, size, oid = conn.raw
+        dest, got, size, oid, last = conn.raw
         if data:
             if dest is not None:
                 dest[got:got + len(data)] = data
@@ -405,10 +373,12 @@ class NodeServer(_node_tls.TLSLinks):
             conn.raw[1] = got
         if got >= size:
             conn.raw = None
-            self.events.append((E.MESSAGES, conn.cid, [(M.DATA_DONE, oid, dest is not None)]))
+            if last:
+                wanted = conn.expect.pop(oid, None) is not None
+                self.events.append((E.MESSAGES, conn.cid, [(M.DATA_DONE, oid, wanted)]))
 
     def _recv_raw(self, conn) -> None:
-        dest, got, size, oid = conn.raw
+        dest, got, size, oid, _ = conn.raw
         try:
             if dest is not None:
                 n = conn.sock.recv_into(dest[got:], size - got)
@@ -669,7 +639,7 @@ class NodeServer(_node_tls.TLSLinks):
         _, cid, msg, offset, size = ins
         conn = self.conns.get(cid)
         if conn is not None:
-            conn.send_raw(msg, memoryview(self._arena())[offset:offset + size])
+            conn.send_stream(msg[1], memoryview(self._arena())[offset:offset + size])
 
     def _expect_raw(self, ins) -> None:
         _, cid, oid, offset, size = ins
@@ -749,6 +719,13 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     ready_fd = config.get("ready_fd")
+    # Ray's knob for the lineage kept to rebuild lost results (_node_lineage).
+    limit = os.environ.get("MINIRAY_MAX_LINEAGE_BYTES") or os.environ.get("RAY_max_lineage_bytes")
+    if limit:
+        try:
+            config["max_lineage_bytes"] = max(1, int(limit))
+        except ValueError:
+            log(f"ignoring max_lineage_bytes={limit!r}: not a whole number of bytes")
     server = NodeServer(config, token)
     profile_path = os.environ.get("MINIRAY_PROFILE_NODE")
     if profile_path:

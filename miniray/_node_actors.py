@@ -111,6 +111,8 @@ class ActorManager:
             try:
                 self.on_create(client, msg, claimed=True)
             except Exception as exc:        # that request fails, not the head's reply
+                if spec[S.ACTOR_ID] not in self.actors:
+                    self.st.cluster.actor_gone(spec[S.ACTOR_ID])     # give the name back
                 self.st._request_failed(client, msg, exc)
 
     def count_alive(self) -> int:
@@ -141,6 +143,13 @@ class ActorManager:
                 if taken is not None:
                     self._name_taken(client, rid, opts, *taken)
                     return
+                try:
+                    self.on_create(client, msg, claimed=True)
+                except Exception:
+                    if aid not in self.actors:
+                        cluster.actor_gone(aid)     # the name is free again
+                    raise
+                return
         if aid in self.actors:
             raise ValueError(f"actor id {aid.hex()} is already in use")
         if cluster.enabled and client.role != "node":

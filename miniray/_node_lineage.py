@@ -23,22 +23,34 @@ results (the actor's state has moved on).  A re-run goes through the normal
 placement path; whoever waits for its returns (gets, dependent tasks, pulls
 from other nodes) just keeps waiting and sees the new value.
 
-Cost: one record (9 slots, ~120 bytes) per task submitted here while any of
+Cost: one record (11 slots, ~130 bytes) per task submitted here while any of
 its returns is alive or a downstream record needs it, plus its spec (a few
 hundred bytes and the inline args, < 100 KiB), and one slot per entry.  No
 record at all when the node is not in a cluster (nothing can be lost there).
+The records of finished tasks are bounded: past ``max_lineage_bytes`` (1 GiB
+by default, as Ray's ``RAY_max_lineage_bytes``) the oldest are dropped, and
+their results, if lost, fail saying so instead of being rebuilt.
 """
 from __future__ import annotations
+
+from collections import deque
 
 from . import _task_spec as S
 from ._object_table import ACTOR_RESULT, READY, Lineage
 from .exceptions import ObjectLostError
+
+MAX_LINEAGE_BYTES = 2**30
+RECORD_BYTES = 400          # a record and its spec, less the inline args
 
 
 class LineageManager:
     def __init__(self, st, task_class):
         self.st = st
         self.Task = task_class          # ``_node_tasks.Task`` (which imports this module)
+        self.max_bytes = int(st.config.get("max_lineage_bytes") or MAX_LINEAGE_BYTES)
+        self.kept_bytes = 0             # of the records kept for finished tasks
+        self.kept = deque()             # those records, oldest first (some dropped since)
+        st.table.on_lineage_gone = self._gone
 
     # -- keeping it ---------------------------------------------------------------------------
     def attach(self, t, client) -> None:
@@ -72,6 +84,10 @@ class LineageManager:
         entries = table.entries
         if not rec.kept:
             rec.kept = True
+            args = rec.spec[S.ARGS]
+            rec.size = RECORD_BYTES + (len(args) if type(args) is bytes else 0)
+            self.kept_bytes += rec.size
+            self.kept.append(rec)
             parents, puts = [], []
             for oid in self.st.tasks._pinned(rec.spec):
                 e = entries.get(oid)
@@ -86,6 +102,35 @@ class LineageManager:
                 e is not None and e.location is not None and e.state != READY
                 for e in map(entries.get, t.returns)):
             self._pin_args(rec)
+        if self.kept_bytes > self.max_bytes:
+            self._drop_oldest()
+
+    def _gone(self, rec) -> None:
+        """The table let go of a kept record (nothing needs it any more)."""
+        self.kept_bytes -= rec.size
+        rec.size = 0
+
+    def _drop_oldest(self) -> None:
+        """Past ``max_bytes``: the oldest records (not being re-run) are
+        dropped; what they would rebuild fails instead (``_check``)."""
+        table = self.st.table
+        kept = self.kept
+        while self.kept_bytes > self.max_bytes and kept:
+            rec = kept.popleft()
+            if not rec.size:
+                continue                # let go of already
+            if rec.task is not None:
+                kept.append(rec)        # being re-run: later
+                if kept[0] is rec:
+                    return
+                continue
+            spec = rec.spec
+            rec.dropped = spec[S.NAME]
+            rec.spec = spec[:S.ARGS] + (None,) + spec[S.ARGS + 1:]     # its args go
+            rec.retries_left = 0
+            stack = list(table.let_go(rec))
+            for parent in stack:
+                table.drop_lineage(parent)
 
     def _pin_args(self, rec) -> None:
         """One of ``rec``'s returns lives only on another node: the arguments
@@ -193,6 +238,10 @@ class LineageManager:
         return reason
 
     def _check(self, rec, memo):
+        if rec.dropped is not None:
+            return (f"the lineage of task '{rec.dropped}' that made it was dropped to bound "
+                    f"the memory lineage takes (max_lineage_bytes={self.max_bytes}; "
+                    f"RAY_max_lineage_bytes sets it)")
         spec = rec.spec
         name = spec[S.NAME]
         if rec.task is not None:

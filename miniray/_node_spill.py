@@ -123,17 +123,27 @@ class SpillManager:
                 st.schedule_needed = False
                 st.tasks.schedule()
 
-    def alloc_full(self, client, msg) -> None:
-        """An ALLOC that does not fit: it waits for room (``pump`` answers
-        it), unless spilling all that can be spilled would not make enough."""
+    def alloc_full(self, client, msg) -> bool:
+        """An ALLOC (or a peer's OBJECT_META: a pulled object's range) that
+        does not fit: it waits for room (``pump`` retries it), unless
+        spilling all that can be spilled would not make enough (refused
+        now; False)."""
         size = msg[3]
         a = self.table.alloc
         if align_up(max(size, 1)) > a.capacity - a.used + self._reclaimable():
-            self.st.send(client, (M.REPLY, msg[1], False,
-                                  ObjectStoreFullError(self.full_text(size))))
-            return
+            self._refuse(client, msg, ObjectStoreFullError(self.full_text(size)))
+            return False
         self.waiting.append((client, msg, size))
         self.table.hint = True
+        return True
+
+    def _refuse(self, client, msg, exc) -> None:
+        """A request for room that cannot be met fails (a pull: its object
+        is lost here, saying why)."""
+        if msg[0] == M.OBJECT_META:
+            self.st.cluster.transfer.meta_failed(client, msg, exc)
+        else:
+            self.st.send(client, (M.REPLY, msg[1], False, exc))
 
     def _reclaimable(self) -> int:
         """Bytes of the arena spilling could free (being written out included)."""
@@ -427,6 +437,9 @@ class SpillManager:
 
     def _retry_alloc(self, client, msg) -> None:
         st = self.st
+        if msg[0] == M.OBJECT_META:
+            st.cluster.transfer.on_object_meta(client, msg)
+            return
         try:
             st.on_alloc(client, msg)
         except Exception as exc:
@@ -450,8 +463,7 @@ class SpillManager:
                 for n in list(self.needs.get(what.oid, ())):
                     self._fail_need(n, exc)
             elif not client.closed:
-                self.st.send(client, (M.REPLY, what[1], False,
-                                      ObjectStoreFullError(self.full_text(size))))
+                self._refuse(client, what, ObjectStoreFullError(self.full_text(size)))
         self.waiting = keep + self.waiting
         self.stalled = bool(keep)
 
@@ -521,10 +533,10 @@ class SpillManager:
                 for n in list(self.needs.get(what.oid, ())):
                     self._fail_need(n, exc)
             elif not client.closed:
-                self.st.send(client, (M.REPLY, what[1], False, ObjectStoreFullError(
+                self._refuse(client, what, ObjectStoreFullError(
                     f"the object store cannot hold an object of {_mib(size)}: it is full and "
                     f"{why}. Free space there, set object_spilling_directory to a disk with "
-                    f"room, or start with a larger object_store_memory.")))
+                    f"room, or start with a larger object_store_memory."))
 
     def _read_back(self, e, off) -> None:
         table = self.table

@@ -542,6 +542,8 @@ class TaskManager(Pipelining):
             table.release(e)
 
     def seal_all(self, t: Task, error_payload: bytes) -> None:
+        """``t`` failed without running (to the end): every return is that
+        error; a peer's task reports it to its node."""
         st = self.st
         table = st.table
         for oid in t.returns:
@@ -554,6 +556,8 @@ class TaskManager(Pipelining):
             e.task = None
             st.notify(e, table.seal(e, ERROR, error_payload, ()))
             table.release(e)
+        if t.x is not None and t.origin is not None:
+            st.cluster.task_finished_for_peer(t, ())
 
     def object_lost(self, e, exc) -> None:
         """An object that cannot be had any more: it becomes that error."""
@@ -590,8 +594,6 @@ class TaskManager(Pipelining):
 
     def fail(self, t: Task, exc: BaseException) -> None:
         self.seal_all(t, self.st.error_payload(exc))
-        if t.origin is not None:
-            self.st.cluster.task_finished_for_peer(t, ())
         if t.actor is not None:
             self.st.actors.call_done(t)
         self.forget(t)

@@ -27,6 +27,7 @@ from collections import deque
 from . import _protocol as P
 from ._node_events import D
 from ._object_table import READY
+from .exceptions import ObjectStoreFullError
 
 M = P.M
 # Bytes of objects streaming into a node at once (a larger object still goes,
@@ -51,8 +52,13 @@ class ObjectTransfer:
         for oid, item in list(self.redirected.items()):
             if item[0] == peer:
                 self._pull_again(oid, peer)
-        for oid in [o for o, item in self.incoming.items() if item[3] is client]:
+        stopped = [o for o, item in self.incoming.items() if item[3] is client]
+        for oid in stopped:
             self.drop_incoming(oid)
+        # (and pulls from it whose OBJECT_META waits for room: ``_node_spill``)
+        stopped += [what[1] for c, what, _ in self.st.spill.waiting
+                    if c is client and what[0] == M.OBJECT_META]
+        for oid in stopped:
             e = self.st.table.entries.get(oid)
             if e is not None and e.state != READY:
                 e.pulling = False       # a later ensure pulls it again
@@ -199,16 +205,29 @@ class ObjectTransfer:
             return
         try:
             table.allocate(oid, size, client)
+        except ObjectStoreFullError:
+            # Like a put: wait while objects are spilled to make room
+            # (``_node_spill`` calls this again, or ``meta_failed``).
+            st.spill.alloc_full(client, msg)
+            return
         except Exception as exc:
-            st.send(client, (M.REFS, [(P.R.DECREF, oid)]))
-            st.tasks.object_lost(e, type(exc)(f"could not bring object {oid.hex()} to node "
-                                              f"{self.cluster.node_id}: {exc}"))
+            self.meta_failed(client, msg, exc)
             return
         client.unsealed.add(oid)
         self.incoming[oid] = (kind, tuple(owners), size, client)
         self.incoming_bytes += size
         st.out.append((D.EXPECT_RAW, client.cid, oid, e.offset, size))
         st.send(client, (M.SEND_DATA, oid))
+
+    def meta_failed(self, client, msg, exc) -> None:
+        """No room here for a pulled object: its waiters get the error
+        (the lease its owner took for us goes back)."""
+        oid = msg[1]
+        self.st.send(client, (M.REFS, [(P.R.DECREF, oid)]))
+        e = self.st.table.entries.get(oid)
+        if e is not None and e.state != READY:
+            self.st.tasks.object_lost(e, type(exc)(f"could not bring object {oid.hex()} to "
+                                                   f"node {self.cluster.node_id}: {exc}"))
 
     def on_data_done(self, client, msg) -> None:
         _, oid, wanted = msg

@@ -65,7 +65,7 @@ class Lineage:
     ``puts`` are their ids until then).  At zero it lets go of them all."""
 
     __slots__ = ("spec", "submitter", "retries_left", "live", "task", "kept", "parents",
-                 "puts", "pins")
+                 "puts", "pins", "size", "dropped")
 
     def __init__(self, spec, submitter, retries_left, live):
         self.spec = spec
@@ -77,6 +77,8 @@ class Lineage:
         self.parents = ()
         self.puts = ()
         self.pins = None
+        self.size = 0                   # bytes it counts for while kept (``_node_lineage``)
+        self.dropped = None             # its task's name, once dropped to bound memory
 
 
 # ``Entry.lineage`` of an actor method's returns: never rebuilt by re-running
@@ -313,6 +315,7 @@ class ObjectTable:
         self.on_unreachable = None   # callback(entry) for actor handles (see release)
         self.on_freed_remote = None  # callback(entry) for entries leased on other nodes
         self.on_freed_disk = None    # callback(entry) for entries with a copy on disk
+        self.on_lineage_gone = None  # callback(record) for a kept lineage record let go
         self.resident = OrderedDict()   # oid -> sealed entry in the arena, least recent first
         # Something may have become spillable or room was made (a seal, a
         # last view gone, a range freed): the spill policy looks again.
@@ -574,12 +577,19 @@ class ObjectTable:
             r.live -= 1
             if r.live > 0:
                 continue
-            pins, parents = r.pins, r.parents
-            r.pins, r.parents, r.puts = None, (), ()
-            stack.extend(parents)
-            if pins:
-                for oid in pins:
-                    self.unpin(oid)
+            stack.extend(self.let_go(r))
+
+    def let_go(self, r: Lineage) -> tuple:
+        """``r`` needs its arguments no more: unpin them; the records it
+        counted on (to drop one reference each)."""
+        pins, parents = r.pins, r.parents
+        r.pins, r.parents, r.puts = None, (), ()
+        if pins:
+            for oid in pins:
+                self.unpin(oid)
+        if r.size and self.on_lineage_gone is not None:
+            self.on_lineage_gone(r)
+        return parents
 
     def drop_unsealed(self, oid, writer=None) -> None:
         """The writer died or gave up before sealing: return the range

@@ -22,6 +22,7 @@ state frees the ranges it spilled as soon as it hears SPILLED.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import shutil
 import socket
@@ -109,7 +110,7 @@ class SpillFiles:
         mm = self._arena()
         base = None
         for conn in conns:
-            for item in conn.queue:
+            for item in itertools.chain(conn.queue, (st[1] for st in conn.streams)):
                 if not isinstance(item, memoryview) or item.obj is not mm or not item.nbytes:
                     continue
                 try:

@@ -164,3 +164,43 @@ def test_a_wrong_token_cannot_join(two_hosts):
     log = (a.dir / "node.log").read_text()
     assert "does not hold this cluster's token" in log
     assert "1 node(s) alive" in a.cli("status")
+
+
+def test_a_long_transfer_on_a_slow_link_does_not_make_the_sender_look_dead(two_hosts):
+    """B's link to the head carries 64 MB at 100 Mbit/s (~5 s, more than
+    the 3 s of silence after which the head declares a node dead): its
+    heartbeats travel between the object's chunks, so B stays alive and
+    the object arrives."""
+    a, b = two_hosts
+    dev = next(line.split(":")[1].strip().split("@")[0]
+               for line in b.run("ip", "-o", "link").stdout.splitlines() if ": mr" in line)
+    shaped = b.run("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", "100mbit",
+                   "burst", "64kb", "latency", "100ms")
+    if shaped.returncode != 0:
+        pytest.skip(f"cannot shape the link here: {shaped.stderr.strip()}")
+    a.cli("start", "--head", "--port", "6379", "--node-ip-address", a.ip, "--num-cpus", "1",
+          "--object-store-memory", str(256 * 2**20))
+    b.cli("start", "--address", f"{a.ip}:6379", "--node-ip-address", b.ip, "--num-cpus", "1",
+          "--resources", '{"B": 1}', "--object-store-memory", str(256 * 2**20),
+          env={"MINIRAY_AUTH_TOKEN_PATH": str(a.dir / "token")})
+    driver = a.python("""
+        import time
+        import numpy as np
+        import miniray
+        miniray.init(address="auto")
+
+        @miniray.remote(resources={"B": 1})
+        def make():
+            return np.arange(8_000_000, dtype=np.float64)      # 64 MB, made on B
+
+        t0 = time.monotonic()
+        arr = miniray.get(make.remote(), timeout=90)            # pulled over the slow link
+        print("took", round(time.monotonic() - t0, 1))
+        print("sum-ok", float(arr.sum()) == float(np.arange(8_000_000, dtype=np.float64).sum()))
+        print("alive", sum(n["Alive"] for n in miniray.nodes()))
+    """)
+    assert driver.returncode == 0, driver.stdout + driver.stderr
+    assert "sum-ok True" in driver.stdout and "alive 2" in driver.stdout, driver.stdout
+    took = float(re.search(r"took ([\d.]+)", driver.stdout).group(1))
+    assert took > 3.0, f"the link was not slow enough to test anything ({took} s)"
+    assert "2 node(s) alive" in a.cli("status")

@@ -4,6 +4,8 @@ actor names are unique across nodes, bytes streaming into a node are
 bounded, and a broadcast spreads over the nodes that have copies."""
 from __future__ import annotations
 
+import pytest
+
 from miniray import _node_transfer
 from miniray._node_state import D, E
 from miniray._object_table import READY
@@ -128,6 +130,21 @@ def test_a_name_is_free_again_once_its_actor_is_gone():
     net.msgs("B", db, (M.ACTOR_KILL, first[S.ACTOR_ID], True))
     net.msgs("C", dc, (M.ACTOR_CREATE, 2, init_spec("A"), _opts("solo")))
     assert [r[2] for r in replies(net, "C", dc)] == [True]
+
+
+@pytest.mark.parametrize("where", ["B", "H"])
+def test_a_name_is_free_again_when_the_creation_it_was_reserved_for_fails(where):
+    """A creation that fails after its name was reserved at the head (here:
+    a request the node cannot handle) gives the name back."""
+    net, dh = nodes("B")
+    d = dh if where == "H" else net.nodes["B"].driver()
+    bad = init_spec("A", shape=(("CPU", "one"),))     # not a number: the creation fails
+    net.msgs(where, d, (M.ACTOR_CREATE, 2, bad, _opts("two")))
+    [failed] = replies(net, where, d)
+    assert failed[2] is False, failed
+    net.msgs(where, d, (M.ACTOR_CREATE, 3, init_spec("A"), _opts("two")))
+    [again] = replies(net, where, d)
+    assert again[2] is True, again
 
 
 # -- bytes in flight -----------------------------------------------------------------------------

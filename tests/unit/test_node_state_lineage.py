@@ -297,3 +297,25 @@ def test_a_dead_node_link_is_closed_and_a_half_streamed_copy_dropped():
     assert ("C", "f") in net.ran
     [(kind, (offset, size))] = got_value(net, "H", d, 5)
     assert h.st.table.alloc.used == used      # the first range went back, the copy took one
+
+
+def test_the_oldest_lineage_goes_past_its_bound_and_its_result_fails_saying_so():
+    net, d = cluster("B")
+    lineage = net.nodes["H"].st.tasks.lineage
+    lineage.max_bytes = 2000                        # room for about four records
+    specs = [spec(f"f{i}", shape=ON_B, max_retries=2, args=b"x" * 100) for i in range(6)]
+    for s in specs:
+        net.behave[s[S.NAME]] = "large"
+        net.msgs("H", d, (M.SUBMIT, s))
+    assert lineage.kept_bytes <= 2000
+    dropped = [s for s in specs if net.entry("H", ret(s)).lineage.dropped is not None]
+    assert [s[S.NAME] for s in dropped] == ["f0", "f1"]
+    assert net.entry("H", ret(specs[0])).lineage.spec[S.ARGS] is None     # its args went
+    net.add("C", resources={"B": 1})
+    net.kill("B")
+    err = get_error(net, d, ret(specs[0]))
+    assert "lineage of task 'f0'" in err and "max_lineage_bytes" in err
+    assert ("C", "f5") in net.ran and ("C", "f0") not in net.ran      # the kept ones rebuilt
+    # Freed results give their bytes back.
+    net.msgs("H", d, (M.REFS, [(R.DECREF, ret(s)) for s in specs]))
+    assert lineage.kept_bytes == 0

@@ -37,12 +37,18 @@ def reply_of(out, cid, rid):
 
 # -- a queued task's return entry ----------------------------------------------------------------
 
-def test_queued_task_has_no_return_entry_until_its_result_is_sealed():
+def one_running_one_queued():
+    """A one-worker node, a driver, task a running and task b queued."""
     n = Node().pool()
     d = n.driver()
     a, b = spec("a"), spec("b")
     n.submit(d, a)
-    n.submit(d, b)                                  # queued: the one worker runs a
+    n.submit(d, b)
+    return n, d, a, b
+
+
+def test_queued_task_has_no_return_entry_until_its_result_is_sealed():
+    n, d, a, b = one_running_one_queued()            # the one worker runs a, b waits
     table = n.st.table
     assert peek(n, ret(b)) is None and ret(b) in table.entries
     assert table.entries.deferred == 2 and table.stats()["objects"] == 2
@@ -57,11 +63,7 @@ def test_queued_task_has_no_return_entry_until_its_result_is_sealed():
 
 
 def test_get_of_a_queued_return_waits_on_the_task_without_making_its_entry():
-    n = Node().pool()
-    d = n.driver()
-    a, b = spec("a"), spec("b")
-    n.submit(d, a)
-    n.submit(d, b)
+    n, d, a, b = one_running_one_queued()
     assert n.get(d, 5, [ret(a), ret(b)]) == []
     assert peek(n, ret(b)) is None                  # the GET waits on task b itself
     assert n.st.tasks.tasks[b[S.TASK_ID]].deferred is not None
@@ -72,11 +74,7 @@ def test_get_of_a_queued_return_waits_on_the_task_without_making_its_entry():
 
 
 def test_two_gets_and_a_wait_on_one_queued_return():
-    n = Node().pool()
-    d = n.driver()
-    a, b = spec("a"), spec("b")
-    n.submit(d, a)
-    n.submit(d, b)
+    n, d, a, b = one_running_one_queued()
     n.get(d, 1, [ret(b)])
     n.get(d, 2, [ret(b), ret(b)])
     n.msgs(d, (M.WAIT, 3, [ret(a), ret(b)], 2))
@@ -88,11 +86,7 @@ def test_two_gets_and_a_wait_on_one_queued_return():
 
 
 def test_wait_now_and_a_dropped_get_leave_nothing_on_the_queued_task():
-    n = Node().pool()
-    d = n.driver()
-    a, b = spec("a"), spec("b")
-    n.submit(d, a)
-    n.submit(d, b)
+    n, d, a, b = one_running_one_queued()
     n.msgs(d, (M.WAIT, 3, [ret(b)], 1))
     n.get(d, 4, [ret(b)])
     out = n.msgs(d, (M.WAIT_NOW, 3))
@@ -106,11 +100,7 @@ def test_wait_now_and_a_dropped_get_leave_nothing_on_the_queued_task():
 
 
 def test_decref_of_a_queued_return_frees_it_once_sealed():
-    n = Node().pool()
-    d = n.driver()
-    a, b = spec("a"), spec("b")
-    n.submit(d, a)
-    n.submit(d, b)
+    n, d, a, b = one_running_one_queued()
     assert n.decref(d, ret(b)) == []
     e = peek(n, ret(b))                             # made to count the drop
     assert e.state == PENDING and e.holders == 0 and e.task is not None
@@ -121,11 +111,7 @@ def test_decref_of_a_queued_return_frees_it_once_sealed():
 
 
 def test_cancel_of_a_queued_task_seals_its_error_and_frees_on_decref():
-    n = Node().pool()
-    d = n.driver()
-    a, b = spec("a"), spec("b")
-    n.submit(d, a)
-    n.submit(d, b)
+    n, d, a, b = one_running_one_queued()
     n.get(d, 9, [ret(b)])
     out = n.msgs(d, (M.CANCEL, ret(b), False, True))
     ok, payload = reply_of(out, d, 9)[2:]
@@ -164,11 +150,7 @@ def test_a_task_waiting_for_a_queued_return_makes_its_entry_and_waits():
 
 
 def test_object_listing_shows_queued_returns():
-    n = Node().pool()
-    d = n.driver()
-    a, b = spec("a"), spec("b")
-    n.submit(d, a)
-    n.submit(d, b)
+    n, d, a, b = one_running_one_queued()
     listed = {o["object_id"] for o in n.st.report.objects()}
     assert ret(b).hex() in listed and ret(a).hex() in listed
 
@@ -429,11 +411,7 @@ def test_refs_of_queued_returns_reach_zero_after_a_pipelined_run():
 
 
 def test_refcount_ops_in_a_batch_with_queued_returns():
-    n = Node().pool()
-    d = n.driver()
-    a, b = spec("a"), spec("b")
-    n.submit(d, a)
-    n.submit(d, b)
+    n, d, a, b = one_running_one_queued()
     n.msgs(d, (M.REFS, [(R.DECREF, ret(b)), (R.INCREF, ret(b))]))
     e = peek(n, ret(b))
     assert e.holders == 1 and ret(b) in n.st.clients[d].held

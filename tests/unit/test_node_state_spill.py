@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from miniray import _task_spec as S
 from miniray._node_state import D, E
+from miniray._object_table import READY
 from miniray.exceptions import ObjectLostError, ObjectStoreFullError
 
 from .node_harness import (ERROR, SEND, VALUE, M, MiB, Node, Q, R, call_spec,
-                           decode, execute, init_spec, new_oid, spec)
+                           decode, execute, init_spec, new_oid, ret, spec)
 
 SZ = 20 * MiB
 ENOSPC = "OSError: [Errno 28] No space left on device"
@@ -400,3 +401,49 @@ def test_a_peer_pulling_a_spilled_object_waits_while_it_is_read_back():
     sends = [x for n, kind, x in net.log if n == "H" and kind == "do" and x[0] == D.SEND_ARENA]
     assert [(x[2][1], x[3]) for x in sends] == [(a, restores[0][5])]
     assert net.ran == [("B", "rb")]
+
+
+def test_a_pulled_object_waits_for_room_like_a_put():
+    """A node whose store is full spills to make room for an object it
+    pulls from another node (it used to fail the pull at once)."""
+    from .cluster_harness import ON_B, Net
+    net = Net()
+    h = net.add("H", head=True)
+    b = net.add("B", resources={"B": 1})
+    b.st.spill.high_mark = b.st.table.alloc.capacity     # spill only when needed
+    db = b.driver()
+    mine = [new_oid() for _ in range(3)]
+    for rid, o in enumerate(mine):                       # 60 of B's 64 MiB
+        net.msgs("B", db, (M.ALLOC, rid, o, SZ), (M.SEAL, o, VALUE, True, []),
+                 (M.REFS, [(R.FORGOT, o)]))
+    d = h.driver()
+    x = new_oid()
+    net.msgs("H", d, (M.ALLOC, 1, x, SZ), (M.SEAL, x, VALUE, True, []))
+    s = spec("on_b", shape=ON_B, deps=[x])
+    net.msgs("H", d, (M.SUBMIT, s))
+    spills = [ins for n, kind, ins in net.log if n == "B" and kind == "do" and ins[0] == D.SPILL]
+    assert len(spills) == 1 and spills[0][2][0][0] == mine[0] and net.ran == []
+    net.feed("B", (E.SPILLED, spills[0][1], None))      # room now: the pull goes on
+    net.pump()
+    assert net.ran == [("B", "on_b")]
+    assert net.entry("B", mine[0]).spilled
+
+
+def test_a_pulled_object_that_can_never_fit_fails_naming_the_node():
+    from .cluster_harness import ON_B, Net
+    net = Net()
+    h = net.add("H", head=True)
+    b = net.add("B", resources={"B": 1})
+    db = b.driver()
+    big = new_oid()
+    net.msgs("B", db, (M.ALLOC, 1, big, 50 * MiB), (M.SEAL, big, VALUE, True, []))
+    net.msgs("B", db, (M.REFS, [(R.PIN, big)]))         # being read: cannot be spilled
+    d = h.driver()
+    x = new_oid()
+    net.msgs("H", d, (M.ALLOC, 1, x, SZ), (M.SEAL, x, VALUE, True, []))
+    s = spec("on_b", shape=ON_B, deps=[x])
+    net.msgs("H", d, (M.SUBMIT, s))
+    err = net.entry("H", ret(s))
+    assert err.state == READY and err.kind == ERROR and net.ran == []
+    text = str(decode(err.inline))
+    assert "node B" in text and "object store" in text, text

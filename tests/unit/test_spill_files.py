@@ -74,9 +74,17 @@ def test_spilled_is_held_while_a_peer_link_still_sends_those_bytes(io):
     files, mm, root = io
     files.submit((D.SPILL, 1, [(b"x", MiB, MiB)]))
     sending = types.SimpleNamespace(queue=deque([bytearray(b"header"),
-                                                 memoryview(mm)[MiB + 100:2 * MiB]]))
-    other = types.SimpleNamespace(queue=deque([memoryview(mm)[4 * MiB:5 * MiB]]))
-    assert wait_events(files, [sending, other]) == []         # held back
-    assert files.results([sending, other]) == []
+                                                 memoryview(mm)[MiB + 100:2 * MiB]]),
+                                    streams=deque())
+    other = types.SimpleNamespace(queue=deque([memoryview(mm)[4 * MiB:5 * MiB]]),
+                                  streams=deque())
+    # (and one whose next chunks, not queued yet, are in that range)
+    later = types.SimpleNamespace(queue=deque(), streams=deque([[b"x", memoryview(mm)[MiB:2 * MiB],
+                                                                 4096]]))
+    conns = [sending, other, later]
+    assert wait_events(files, conns) == []                    # held back
+    assert files.results(conns) == []
     sending.queue.clear()
-    assert files.results([sending, other]) == [(E.SPILLED, 1, None)]
+    assert files.results(conns) == []
+    later.streams.clear()
+    assert files.results(conns) == [(E.SPILLED, 1, None)]
