@@ -213,3 +213,36 @@ def cluster(tmp_path):
     assert not (tmp_path / "cluster.json").exists()
     assert not wait_gone(pids | more, timeout=20)
     assert_clean(set())
+
+
+@pytest.fixture
+def local_cluster():
+    """``local_cluster(head_cpus, *node_args)``: real node daemons on this
+    machine (``cluster_utils.Cluster``), the driver connected; every
+    process gone and nothing left behind at the end."""
+    from miniray.cluster_utils import Cluster
+    made = []
+
+    def make(head_cpus=1, *nodes):
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus},
+                    shutdown_at_exit=False)
+        for args in nodes:
+            c.add_node(**args)
+        c.wait_for_nodes()
+        miniray.init(address=c.address)
+        made.append(c)
+        return c
+    yield make
+    pids = set()
+    for c in made:
+        for n in c.list_all_nodes():
+            try:
+                pids |= {n.process.pid} | {p.pid for p in
+                                           psutil.Process(n.process.pid).children(recursive=True)}
+            except psutil.Error:
+                pass
+    miniray.shutdown()
+    for c in made:
+        c.shutdown()
+    assert not wait_gone(pids, timeout=20)
+    assert_clean(set())

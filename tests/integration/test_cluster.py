@@ -10,37 +10,7 @@ import psutil
 import pytest
 
 import miniray
-from miniray.cluster_utils import Cluster
-from tests.conftest import assert_clean, wait_for, wait_gone
-
-
-@pytest.fixture
-def local_cluster():
-    made = []
-
-    def make(head_cpus=1, *nodes):
-        c = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus},
-                    shutdown_at_exit=False)
-        for args in nodes:
-            c.add_node(**args)
-        c.wait_for_nodes()
-        miniray.init(address=c.address)
-        made.append(c)
-        return c
-    yield make
-    pids = set()
-    for c in made:
-        for n in c.list_all_nodes():
-            try:
-                pids |= {n.process.pid} | {p.pid for p in
-                                           psutil.Process(n.process.pid).children(recursive=True)}
-            except psutil.Error:
-                pass
-    miniray.shutdown()
-    for c in made:
-        c.shutdown()
-    assert not wait_gone(pids, timeout=20)
-    assert_clean(set())
+from tests.conftest import wait_for, wait_gone
 
 
 @miniray.remote

@@ -13,7 +13,6 @@ import pytest
 
 import miniray
 from miniray.exceptions import ObjectLostError
-from tests.integration.test_cluster import local_cluster  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,6 +50,13 @@ def replace(c, victim):
     return spare
 
 
+def lost_text(ref) -> str:
+    """What ``get`` of a lost, unrebuildable object raises: ObjectLostError."""
+    with pytest.raises(ObjectLostError) as info:
+        miniray.get(ref, timeout=30)
+    return str(info.value)
+
+
 def test_a_lost_result_is_rebuilt_on_another_node_unless_it_has_no_retries(local_cluster):
     c = local_cluster(1, {"num_cpus": 1, "resources": {"B": 1}})
     b = c.worker_nodes[0]
@@ -63,9 +69,7 @@ def test_a_lost_result_is_rebuilt_on_another_node_unless_it_has_no_retries(local
     assert where == spare.node_id
     assert arr.dtype == np.int64 and np.array_equal(arr, np.arange(N))
     assert time.monotonic() - t0 < 30
-    with pytest.raises(ObjectLostError) as info:
-        miniray.get(once, timeout=30)
-    text = str(info.value)
+    text = lost_text(once)
     assert once.hex() in text and b.node_id in text and "max_retries=0" in text
 
 
@@ -101,13 +105,9 @@ def test_puts_and_actor_results_only_there_are_lost_naming_why(local_cluster):
     big = keeper.big.remote(N)
     assert miniray.get(keeper.ping.remote(), timeout=30) == b.node_id  # calls run in order
     replace(c, b)
-    with pytest.raises(ObjectLostError) as info:
-        miniray.get(put_there, timeout=30)
-    text = str(info.value)
+    text = lost_text(put_there)
     assert put_there.hex() in text and b.node_id in text and "put" in text
-    with pytest.raises(ObjectLostError) as info:
-        miniray.get(big, timeout=30)
-    text = str(info.value)
+    text = lost_text(big)
     assert big.hex() in text and b.node_id in text and "actor method" in text
 
 

@@ -11,7 +11,6 @@ import pytest
 
 import miniray
 from tests.conftest import object_info, wait_for
-from tests.integration.test_cluster import local_cluster  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 

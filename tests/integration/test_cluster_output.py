@@ -9,7 +9,6 @@ import re
 import miniray
 from miniray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tests.conftest import run_driver, wait_for
-from tests.integration.test_cluster import local_cluster  # noqa: F401  (fixture)
 
 
 def lines_with(text, out):

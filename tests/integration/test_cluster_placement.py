@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import miniray
-from tests.integration.test_cluster import local_cluster  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 

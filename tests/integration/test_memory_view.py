@@ -253,26 +253,8 @@ def test_miniray_memory_prints_the_table_and_a_summary(cluster, tmp_path):
 # -- a cluster: every node answers ---------------------------------------------------------------
 
 @pytest.fixture
-def two_nodes():
-    import psutil
-    from miniray.cluster_utils import Cluster
-    from tests.conftest import assert_clean, wait_gone
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1}, shutdown_at_exit=False)
-    c.add_node(num_cpus=1, resources={"B": 1})
-    c.wait_for_nodes()
-    miniray.init(address=c.address)
-    yield c
-    pids = set()
-    for n in c.list_all_nodes():
-        try:
-            pids |= {n.process.pid} | {p.pid for p in
-                                       psutil.Process(n.process.pid).children(recursive=True)}
-        except psutil.Error:
-            pass
-    miniray.shutdown()
-    c.shutdown()
-    assert not wait_gone(pids, timeout=20)
-    assert_clean(set())
+def two_nodes(local_cluster):
+    return local_cluster(1, {"num_cpus": 1, "resources": {"B": 1}})
 
 
 @miniray.remote(resources={"B": 1})

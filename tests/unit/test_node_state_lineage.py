@@ -17,13 +17,20 @@ from .node_harness import (VALUE, M, Node, R, actor_opts, call_spec, decode, ini
                            ret, spec)
 
 
+def large_on_b(**kw):
+    """A cluster (head H, node B), and task f run on B, its large result
+    left there (only its lineage and location on H)."""
+    net, d = cluster("B")
+    f = spec("f", shape=ON_B, **kw)
+    net.behave["f"] = "large"
+    net.msgs("H", d, (M.SUBMIT, f))
+    return net, d, f
+
+
 # -- keeping and dropping the lineage ----------------------------------------------------------
 
 def test_a_remote_result_keeps_its_lineage_until_it_is_freed():
-    net, d = cluster("B")
-    f = spec("f", shape=ON_B, max_retries=2)
-    net.behave["f"] = "large"
-    net.msgs("H", d, (M.SUBMIT, f))
+    net, d, f = large_on_b(max_retries=2)
     assert net.ran == [("B", "f")]
     e = net.entry("H", ret(f))
     assert e.state != READY and e.location == "B" and e.size == LARGE
@@ -71,10 +78,7 @@ def test_a_result_here_keeps_no_argument_alive():
 # -- rebuilding ---------------------------------------------------------------------------------
 
 def test_result_lost_with_its_node_is_rebuilt_on_another_node():
-    net, d = cluster("B")
-    f = spec("f", shape=ON_B, max_retries=2)
-    net.behave["f"] = "large"
-    net.msgs("H", d, (M.SUBMIT, f))
+    net, d, f = large_on_b(max_retries=2)
     net.add("C", resources={"B": 1})
     net.kill("B")
     assert net.ran == [("B", "f"), ("C", "f")]
@@ -151,10 +155,7 @@ def test_a_chain_is_rebuilt_recursively():
 
 
 def test_one_rerun_rebuilds_every_return():
-    net, d = cluster("B")
-    f = spec("f", shape=ON_B, max_retries=1, num_returns=2)
-    net.behave["f"] = "large"
-    net.msgs("H", d, (M.SUBMIT, f))
+    net, d, f = large_on_b(max_retries=1, num_returns=2)
     net.msgs("H", d, (M.GET, 4, [ret(f, 0)]))            # the first one is pulled here
     got_value(net, "H", d, 4)
     net.add("C", resources={"B": 1})
@@ -197,10 +198,7 @@ def test_no_retries_means_lost_naming_object_node_and_reason():
 
 
 def test_retries_run_out_after_rebuilds():
-    net, d = cluster("B")
-    f = spec("f", shape=ON_B, max_retries=1)
-    net.behave["f"] = "large"
-    net.msgs("H", d, (M.SUBMIT, f))
+    net, d, f = large_on_b(max_retries=1)
     net.add("C", resources={"B": 1})
     net.kill("B")
     net.add("D", resources={"B": 1})
