@@ -57,11 +57,18 @@ class ObjectsClient:
                     self.known_values[oid] = (kind, data)     # ready, and its value
                 return data
             offset = self.write_arena(oid, sobj, size)
-            self.send((M.SEAL, oid, kind, hold, contained))
             if hold:
-                # Ready, and its place leased by the node (see _client_places).
-                self.known_ready.add(oid)
+                # Its place, leased by the node at the SEAL, is known before
+                # the SEAL leaves: a FORGET may follow it at once.
                 self.places.add(oid, (kind, (offset, size)))
+            try:
+                self.send((M.SEAL, oid, kind, hold, contained))
+            except BaseException:
+                if hold:
+                    self.places.drop(oid)
+                raise
+            if hold:
+                self.known_ready.add(oid)
             return None
 
     def write_arena(self, oid, sobj, size) -> int:
@@ -141,7 +148,7 @@ class ObjectsClient:
                 missing = [oid for oid in oids if oid not in known]
             payloads = ()
             if missing:
-                since = places.decrefs
+                since = places.epoch
                 payloads = self.get_payloads(missing, timeout)
                 self._learn(missing, payloads)
                 places.learn(missing, payloads, self.local_refs, since)

@@ -21,10 +21,14 @@ under the same lock.  So a view made from a place is PINned ahead of the
 FORGOT, and no view is made from it after: the node frees the range only
 once it has seen the FORGOT, and never under a view it has not counted.
 
-A GET reply's places are learned only if no DECREF was queued since the GET
-was sent (``decrefs``): the node leased them while this process held the
-refs, and a DECREF the node saw after it (a ref dropped and made again
-meanwhile) ended that lease.
+A GET reply's places are learned only if nothing ended a lease since the
+GET was sent (``epoch``: a DECREF queued, a FORGET handled): the node
+leased them while this process held the refs, but a DECREF the node saw
+after it (a ref dropped and made again meanwhile), or a FORGET it sent
+right after the reply and that was handled before the reply was read,
+ended that lease.  The check and the writes are one step under the lock
+that ``forget`` takes.  A put's place is added before its SEAL leaves (the
+node leases it at the SEAL and may ask it back at once).
 """
 from __future__ import annotations
 
@@ -36,13 +40,13 @@ PIN, FORGOT = P.R.PIN, P.R.FORGOT
 
 
 class Places:
-    __slots__ = ("_lock", "_places", "_ops", "decrefs")
+    __slots__ = ("_lock", "_places", "_ops", "epoch")
 
     def __init__(self, ops):
         self._lock = threading.Lock()
         self._places: dict = {}     # oid -> (kind, (offset, size))
         self._ops = ops             # the client's queue of ref ops
-        self.decrefs = 0            # DECREF ops queued so far (``learn``)
+        self.epoch = 0              # DECREFs queued + FORGETs handled so far (``learn``)
 
     def __bool__(self) -> bool:
         return bool(self._places)
@@ -56,13 +60,14 @@ class Places:
 
     def learn(self, oids, payloads, refs, since) -> None:
         """A GET reply's arena payloads, for the ids this process still
-        holds, unless a DECREF was queued since the GET left (``since``)."""
-        if since != self.decrefs:
-            return
-        places = self._places
-        for oid, payload in zip(oids, payloads):
-            if payload is not None and type(payload[1]) is not bytes and oid in refs:
-                places[oid] = payload
+        holds, unless a lease may have ended since the GET left (``since``)."""
+        with self._lock:
+            if since != self.epoch:
+                return
+            places = self._places
+            for oid, payload in zip(oids, payloads):
+                if payload is not None and type(payload[1]) is not bytes and oid in refs:
+                    places[oid] = payload
 
     def take(self, oid):
         """The payload to read ``oid`` from, with its view PINned, or None
@@ -76,6 +81,7 @@ class Places:
     def forget(self, oids) -> None:
         """FORGET from the node: it wants to spill these."""
         with self._lock:
+            self.epoch += 1
             pop = self._places.pop
             append = self._ops.append
             for oid in oids:
@@ -83,6 +89,8 @@ class Places:
                 append((FORGOT, oid))
 
     def drop(self, oid) -> None:
-        """The last ref to ``oid`` is gone (its DECREF is being queued)."""
-        self.decrefs += 1
-        self._places.pop(oid, None)
+        """The last ref to ``oid`` is gone (its DECREF is being queued), or
+        its put failed."""
+        with self._lock:
+            self.epoch += 1
+            self._places.pop(oid, None)

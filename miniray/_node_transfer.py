@@ -94,11 +94,15 @@ class ObjectTransfer:
             st.send(client, (M.OBJECT_LOST, oid, f"node {self.cluster.node_id} does not have it (it "
                                                  f"was freed, or never made there)"))
             return
+        may_redirect = len(msg) < 3 or msg[2]
         if e.copies is not None:
             if len(msg) > 3 and msg[3] in e.copies:
                 e.copies.remove(msg[3])         # that copy is gone
-            if (len(msg) < 3 or msg[2]) and self._redirect(client, e):
+            if may_redirect and self._redirect(client, e):
                 return
+        if may_redirect and e.state != READY and e.location is not None and \
+                self._send_to(client, e, e.location):
+            return      # its only copy is on a third node: pulled from there, not through here
         st.table.hold(client.held, oid)        # the puller's lease, until its DECREF
         if e.state == READY:
             self.serve(client, e)
@@ -120,11 +124,17 @@ class ObjectTransfer:
             n = self.cluster.nodes.get(node_id)
             if node_id == self.cluster.node_id or (n is not None and n.alive):
                 copies.append(node_id)
-                if node_id == self.cluster.node_id or node_id == client.peer:
-                    return False
-                self.st.send(client, (M.PULL_FROM, e.oid, node_id))
-                return True
+                return self._send_to(client, e, node_id)
         return False
+
+    def _send_to(self, client, e, node_id) -> bool:
+        """Tell ``client`` to pull ``e`` from ``node_id`` (alive, and neither
+        this node nor the puller); False if it cannot be."""
+        n = self.cluster.nodes.get(node_id)
+        if n is None or not n.alive or node_id in (self.cluster.node_id, client.peer):
+            return False
+        self.st.send(client, (M.PULL_FROM, e.oid, node_id))
+        return True
 
     def on_pull_from(self, client, msg) -> None:
         """The node we asked sends us to a node with a copy: ask that one

@@ -109,6 +109,28 @@ def test_a_broadcast_moves_the_object_once_per_node_and_not_all_from_the_writer(
     assert head["streams_out"] < 3, served      # later nodes pulled from earlier ones
 
 
+def test_an_object_made_on_one_node_goes_straight_to_a_third(local_cluster):
+    """The head owns the result of a task run on B; a task on C that takes
+    it pulls it from B, not through the head's store."""
+    from miniray._protocol import Query
+    local_cluster(1, *({"num_cpus": 1, "resources": {n: 1}} for n in "BC"))
+
+    @miniray.remote(resources={"B": 1})
+    def make():
+        return np.arange(4 * 2**20, dtype=np.float64)        # 32 MiB, stays on B
+
+    @miniray.remote(resources={"C": 1})
+    def total(a):
+        return float(a.sum()), miniray._runtime.current().client.query(Query.STATS)
+
+    ref = make.remote()
+    s, c_stats = miniray.get(total.remote(ref), timeout=60)
+    assert s == float(np.arange(4 * 2**20, dtype=np.float64).sum())
+    head = miniray._runtime.current().client.query(Query.STATS)
+    assert c_stats["streams_in"] == 1
+    assert head["streams_in"] == 0 and head["streams_out"] == 0, head
+
+
 def test_a_broadcast_to_nodes_at_once_arrives_whole_everywhere(local_cluster):
     # Pullers sent to a node whose copy is still arriving are served once
     # it is complete; every node gets the object once and intact.

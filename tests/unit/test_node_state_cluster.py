@@ -268,3 +268,18 @@ def test_a_call_with_retries_follows_its_actor_to_the_new_node():
     net.release("A.m")
     assert net.ran[-1] == (other, "A.m")
     assert net.nodes["H"].value(ret(call)) == (VALUE, b"small value")
+
+
+def test_a_third_node_pulls_from_the_node_with_the_copy_not_through_the_owner():
+    net, d = nodes("B", "C")
+    f = spec("f", shape=ON["B"])
+    net.behave["f"] = "large"
+    net.msgs("H", d, (M.SUBMIT, f))                 # its result stays on B, owned by H
+    assert net.entry("H", ret(f)).location == "B"
+    g = spec("g", shape=ON["C"], deps=[ret(f)])
+    net.msgs("H", d, (M.SUBMIT, g))
+    assert ("C", "g") in net.ran
+    assert sent(net, "H", M.PULL_FROM) and not did(net, "H", D.SEND_ARENA)
+    assert not did(net, "H", D.EXPECT_RAW)           # no copy through H's store
+    streams = did(net, "B", D.SEND_ARENA)
+    assert [(x[2][1], net.wires[("B", x[1])][0]) for x in streams] == [(ret(f), "C")]

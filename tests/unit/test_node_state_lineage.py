@@ -114,14 +114,16 @@ def test_a_get_on_another_node_waits_through_the_rebuild():
     f = spec("f", shape=ON_B, max_retries=1, extra={"strategy": ("NODE", "B", True)})
     net.behave["f"] = "large"
     net.msgs("H", d, (M.SUBMIT, f))
-    # A driver on D got the ref (say, inside a value) and gets it: D pulls
-    # from H, the owner, which pulls from B.  B dies before answering.
+    # A driver on D got the ref (say, inside a value) and gets it: D asks
+    # H, the owner, which sends it to B, where the only copy is.  B dies
+    # before answering: D asks H again, and H has it made again.
     dd = net.nodes["D"].driver()
     net.nodes["D"].st.cluster.learn_owners({ret(f): "H"})
     net.feed("D", (E.MESSAGES, dd, [(M.REFS, [(R.INCREF, ret(f))]), (M.GET, 3, [ret(f)])]))
-    while net.queue and not net.entry("H", ret(f)).pulling:
+    redirected = net.nodes["D"].st.cluster.transfer.redirected
+    while net.queue and ret(f) not in redirected:
         net.feed(*net.queue.popleft())
-    assert net.entry("H", ret(f)).peer_waiters
+    assert redirected[ret(f)][0] == "B"
     net.kill("B")
     assert ("C", "f") in net.ran
     [(kind, payload)] = got_value(net, "D", dd, 3)
