@@ -118,6 +118,10 @@ class CoreClient(ObjectsClient):
         self._send_lock = threading.Lock()
         self._later = bytearray()     # frames from send_later, not yet sent
         self._soon = deque()          # frames from send_nowait that found the lock taken
+        # FORGETs from the node, handled by the io thread only: a read may run
+        # in a signal handler (a worker's poke) on a thread that holds the
+        # places' lock (``_client_places``).
+        self._forgets = deque()
         self._last_later = 0.0
         self._io_napping = True       # the io thread sleeps in a long poll: wake it
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -507,6 +511,7 @@ class CoreClient(ObjectsClient):
         poller.register(wake, select.POLLIN)
         monotonic = time.monotonic
         leading = False
+        forgets = self._forgets
         try:
             while not self._closing:
                 if reader.permanent and not leading:
@@ -520,12 +525,20 @@ class CoreClient(ObjectsClient):
                 # Nap (long poll) unless submits came recently; set the flag
                 # before looking at the queue so send_later cannot miss it.
                 self._io_napping = True
-                if self._later or monotonic() - self._last_later < LATER_ACTIVE:
+                long_nap = not (self._later or monotonic() - self._last_later < LATER_ACTIVE)
+                if not long_nap:
                     self._io_napping = False
                     events = poller.poll(LATER_DELAY_MS)
                 else:
                     events = poller.poll(200)
                 if not events:
+                    if long_nap and not leading:
+                        # Idle 200 ms: read what arrived if nobody reads (a
+                        # process busy outside miniray still answers FORGET
+                        # and shows its tasks' prints).
+                        reader.poll_now()
+                    if forgets:
+                        self._answer_forgets()
                     if self._ops or self._later or self._drops or self._soon:
                         self.flush_later()
                     continue
@@ -535,6 +548,8 @@ class CoreClient(ObjectsClient):
                         if self._resend_sigint:
                             self._resend_sigint = False
                             _client_gate.resend_sigint()
+                        if forgets:
+                            self._answer_forgets()
                         self.flush_later()
                     elif leading:
                         if not reader.read():
@@ -553,6 +568,13 @@ class CoreClient(ObjectsClient):
             if self._closing:
                 # Waiters of a reader-mode client must not outlive it.
                 self._mark_broken(None)
+
+    def _answer_forgets(self) -> None:
+        """(io thread) Give up the places the node asked for: FORGOT ops,
+        sent by the flush that follows."""
+        forgets = self._forgets
+        while forgets:
+            self.places.forget(forgets.popleft())
 
     def _rearm_sigint(self) -> None:
         """The gate's ``rearm``: a SIGINT struck inside a finalizer; the io
@@ -582,7 +604,7 @@ class CoreClient(ObjectsClient):
         elif tag == M.OUTPUT:
             show_output(msg, self.node_id)     # a task's prints, before its result
         elif tag == M.FORGET:
-            self.places.forget(msg[1])          # FORGOT ops: the io thread sends them now
+            self._forgets.append(msg[1])        # the io thread answers (FORGOT ops)
             os.eventfd_write(self._wake, 1)
         elif tag == M.BAD_FRAME or tag == M.WARNING:
             # BAD_FRAME: the node could not decode or handle a frame we sent

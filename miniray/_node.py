@@ -41,7 +41,7 @@ from . import _node_tls
 from . import _protocol as P
 from . import _tls
 from ._node_events import E, D
-from ._node_conn import Conn
+from ._node_conn import Conn, Sent
 from ._node_state import NodeState
 from ._store.arena import Prefault, create_arena_file
 from ._store.spill_files import SpillFiles
@@ -234,6 +234,10 @@ class NodeServer(_node_tls.TLSLinks):
             while True:
                 while q:
                     item = q[0]
+                    if type(item) is Sent:      # an object's last chunk went out
+                        q.popleft()
+                        self.events.append((E.SENT, [item.oid]))
+                        continue
                     sent = sock.send(item)
                     if sent < len(item):
                         q[0] = memoryview(item)[sent:]
@@ -432,6 +436,9 @@ class NodeServer(_node_tls.TLSLinks):
         if conn.closed:
             return
         conn.closed = True
+        unsent = conn.unsent()
+        if unsent:
+            self.events.append((E.SENT, unsent))
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):

@@ -9,6 +9,16 @@ from . import _protocol as P
 from ._transport import NONCE_LEN
 
 M = P.M
+
+
+class Sent:
+    """Queued after an object's last chunk: written past it, the object's
+    range is no longer read (the server tells the state: E.SENT)."""
+
+    __slots__ = ("oid",)
+
+    def __init__(self, oid):
+        self.oid = oid
 CHUNK = 4 * 2**20        # an object goes to a peer in chunks of this size: frames in between
 
 
@@ -74,9 +84,18 @@ class Conn:
         self.queue.append(P._pack_len(len(body)) + body)
         if n:
             self.queue.append(data[pos:pos + n])
-        if not last:
+        if last:
+            self.queue.append(Sent(oid))
+        else:
             s[2] = pos + n
             self.streams.append(s)
+
+    def unsent(self) -> list:
+        """The objects whose bytes it was still to send (it closed)."""
+        oids = [s[0] for s in self.streams]
+        oids += [item.oid for item in self.queue if type(item) is Sent]
+        self.streams.clear()
+        return oids
 
     def pending(self) -> bool:
         return bool(self.queue or self.out or self.streams)

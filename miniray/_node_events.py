@@ -24,6 +24,9 @@ class Ev(enum.IntEnum):
     SPILLED = 20       # (SPILLED, file_id, error): the SPILL batch is on disk (error None)
                        #   or not at all (error: the text of the OSError)
     RESTORED = 21      # (RESTORED, oid, error): its bytes are back in its range (error None)
+    # Transfers (``_node_transfer``): the server no longer reads these ranges
+    # for a peer (their last chunk is written, or the link closed).
+    SENT = 22          # (SENT, [oid, ...])
 
 
 class Do(enum.IntEnum):

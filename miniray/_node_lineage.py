@@ -33,8 +33,6 @@ their results, if lost, fail saying so instead of being rebuilt.
 """
 from __future__ import annotations
 
-from collections import deque
-
 from . import _task_spec as S
 from ._object_table import ACTOR_RESULT, READY, Lineage
 from .exceptions import ObjectLostError
@@ -49,7 +47,7 @@ class LineageManager:
         self.Task = task_class          # ``_node_tasks.Task`` (which imports this module)
         self.max_bytes = int(st.config.get("max_lineage_bytes") or MAX_LINEAGE_BYTES)
         self.kept_bytes = 0             # of the records kept for finished tasks
-        self.kept = deque()             # those records, oldest first (some dropped since)
+        self.kept: dict = {}            # those records (keys), oldest first
         st.table.on_lineage_gone = self._gone
 
     # -- keeping it ---------------------------------------------------------------------------
@@ -87,7 +85,7 @@ class LineageManager:
             args = rec.spec[S.ARGS]
             rec.size = RECORD_BYTES + (len(args) if type(args) is bytes else 0)
             self.kept_bytes += rec.size
-            self.kept.append(rec)
+            self.kept[rec] = None
             parents, puts = [], []
             for oid in self.st.tasks._pinned(rec.spec):
                 e = entries.get(oid)
@@ -109,21 +107,23 @@ class LineageManager:
         """The table let go of a kept record (nothing needs it any more)."""
         self.kept_bytes -= rec.size
         rec.size = 0
+        self.kept.pop(rec, None)
 
     def _drop_oldest(self) -> None:
         """Past ``max_bytes``: the oldest records (not being re-run) are
         dropped; what they would rebuild fails instead (``_check``)."""
         table = self.st.table
-        kept = self.kept
-        while self.kept_bytes > self.max_bytes and kept:
-            rec = kept.popleft()
+        over = self.kept_bytes - self.max_bytes
+        victims = []
+        for rec in self.kept:               # oldest first; one pass
+            if over <= 0:
+                break
+            if rec.task is None:            # (being re-run: kept)
+                victims.append(rec)
+                over -= rec.size
+        for rec in victims:
             if not rec.size:
-                continue                # let go of already
-            if rec.task is not None:
-                kept.append(rec)        # being re-run: later
-                if kept[0] is rec:
-                    return
-                continue
+                continue                    # let go of meanwhile (a victim's parent)
             spec = rec.spec
             rec.dropped = spec[S.NAME]
             rec.spec = spec[:S.ARGS] + (None,) + spec[S.ARGS + 1:]     # its args go

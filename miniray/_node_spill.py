@@ -54,6 +54,7 @@ MiB = 2**20
 MIN_BATCH = 64 * MiB        # a spill writes at least this much (at most 1/8 of the store)
 MAX_BATCH = 1024 * MiB      # and at most this much per file
 DEFAULT_THRESHOLD = 0.8
+FORGET_WAIT_S = 2.0         # how long room waits for processes to give up places
 
 
 def _mib(n) -> str:
@@ -90,6 +91,7 @@ class SpillManager:
         self.deferred: dict = {}    # worker -> deque of its tasks whose EXECUTE waits
         self.failed = None          # why the last spill failed (no spilling ahead meanwhile)
         self.stalled = False        # room wanted, nothing to spill, tasks running
+        self.asked_at = None        # when processes were last asked to FORGET places
         self.counts = {"spilled_total": 0, "spilled_bytes_total": 0, "restored_total": 0,
                        "restored_bytes_total": 0, "spill_failures": 0}
         table.on_freed_disk = self._disk_copy_freed
@@ -418,10 +420,22 @@ class SpillManager:
             st.send(c, (M.FORGET, oids))
             if c.worker is not None:
                 st.poke(c.worker)       # busy in a task: read it now
+        if asks:
+            self.asked_at = st.now
+            st.out.append((D.TIMER, FORGET_WAIT_S, "forget"))
 
     def _forgetting(self) -> bool:
-        """A process was asked to FORGET places and has not answered yet."""
-        return any(c.forgetting for c in self.st.clients.values())
+        """A process was asked to FORGET places, has not answered yet, and
+        may still (a process answers within ~0.2 s, even busy outside
+        miniray: its io thread reads; one that does not within
+        FORGET_WAIT_S is not waited for: what needs room fails)."""
+        return self.asked_at is not None and self.st.now - self.asked_at < FORGET_WAIT_S \
+            and any(c.forgetting for c in self.st.clients.values())
+
+    def forget_timeout(self) -> None:
+        """The "forget" timer: room still wanted gets its answer now."""
+        if self.waiting and self.batch is None and not self.st.stopping:
+            self.pump()
 
     def _write(self, batch) -> None:
         fid = self.next_file
@@ -475,11 +489,16 @@ class SpillManager:
                     f"the whole store ({_mib(a.capacity)}). Start with a larger "
                     f"object_store_memory, or pass smaller objects.")
         read = sum(e.size for e in table.resident.values() if e.viewers or e.protect)
+        placed = sum(e.size for e in table.resident.values()
+                     if e.placed and not (e.viewers or e.protect))
         busy = max(0, a.used - sum(e.size for e in table.resident.values()))
         return (f"the object store cannot hold {what} of {_mib(size)}: {_mib(read)} of its "
                 f"{_mib(a.capacity)} are pinned by readers (zero-copy views from get that are "
                 f"still alive, arguments of running tasks, objects a get is reading) and "
-                f"{_mib(busy)} are being written or read back, so nothing is left to spill to "
+                f"{_mib(busy)} are being written or read back"
+                + (f", {_mib(placed)} are read in place by processes that did not give them up "
+                   f"(a process stuck without reading its connection)" if placed else "")
+                + f", so nothing is left to spill to "
                 f"disk (largest free range {_mib(a.largest_hole())}). Drop numpy arrays and "
                 f"views you no longer need, get fewer objects at once, or start with a larger "
                 f"object_store_memory.")

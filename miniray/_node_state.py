@@ -109,7 +109,8 @@ class NodeState:
         self._events = {E.START: self._on_start, E.MESSAGES: self._on_messages,
                         E.CLOSED: self._on_closed, E.SPAWNED: self._on_spawned,
                         E.WORKER_EXITED: self._on_worker_exited, E.TIMER: self._on_timer,
-                        E.PREFAULT: self._on_prefault, E.STOP: self._on_stop}
+                        E.PREFAULT: self._on_prefault, E.STOP: self._on_stop,
+                        E.SENT: self.cluster.transfer.on_sent}
         self.spill = SpillManager(self, config)     # a store that fills up (+ its events)
         self._handlers = self._message_handlers()
 
@@ -257,6 +258,8 @@ class NodeState:
             self.cluster.heartbeat()
         elif ev[1] == "pipeline":
             self.tasks.check_stuck()
+        elif ev[1] == "forget":
+            self.spill.forget_timeout()
         elif ev[1] in self.report.gathers:
             self.report.expire(ev[1])
 

@@ -631,11 +631,11 @@ class TaskManager(Pipelining):
         t = w.task
         self._release_worker(w, t)
         name = t.spec[S.NAME]
+        target = self.killed_for.pop(w.wid, None) if self.killed_for else None
         if t.cancelled:
             self.cancels.pop(t.tid, None)
             self.fail(t, TaskCancelledError(t.tid.hex()))
             return
-        target = self.killed_for.pop(w.wid, None) if self.killed_for else None
         if target is not None and target != t.tid:
             # Killed to cancel another task, which had just finished: this
             # one did not crash the worker and spends no retry.

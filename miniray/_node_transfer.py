@@ -49,9 +49,8 @@ class ObjectTransfer:
     def link_closed(self, client, peer) -> None:
         """A peer link closed: redirected pulls to it go back, and streams
         from it end (their entries may be pulled again)."""
-        for oid, item in list(self.redirected.items()):
-            if item[0] == peer:
-                self._pull_again(oid, peer)
+        again = {oid for oid, item in list(self.redirected.items())
+                 if item[0] == peer and self._pull_again(oid, peer)}
         stopped = [o for o, item in self.incoming.items() if item[3] is client]
         for oid in stopped:
             self.drop_incoming(oid)
@@ -59,6 +58,8 @@ class ObjectTransfer:
         stopped += [what[1] for c, what, _ in self.st.spill.waiting
                     if c is client and what[0] == M.OBJECT_META]
         for oid in stopped:
+            if oid in again:
+                continue                # asked for again already (``_pull_again``)
             e = self.st.table.entries.get(oid)
             if e is not None and e.state != READY:
                 e.pulling = False       # a later ensure pulls it again
@@ -195,12 +196,23 @@ class ObjectTransfer:
             return          # on disk: read back first, then this runs again (_node_spill)
         self.streams_out += 1
         self.bytes_out += e.size
+        e.protect += 1              # its range is read until SENT: never spilled meanwhile
         # The puller will have a copy: later pullers may be sent there.
         if e.copies is None:
             e.copies = [self.cluster.node_id]
         if client.peer not in e.copies:
             e.copies.insert(0, client.peer)         # its turn comes next
         st.out.append((D.SEND_ARENA, client.cid, (M.DATA, oid, e.size), e.offset, e.size))
+
+    def on_sent(self, ev) -> None:
+        """The server no longer reads these ranges for a peer."""
+        table = self.st.table
+        for oid in ev[1]:
+            e = table.entries.get(oid)
+            if e is not None and e.protect > 0:
+                e.protect -= 1
+                if not e.protect:
+                    table.hint = True
 
     def on_object_meta(self, client, msg) -> None:
         _, oid, kind, size, owners = msg
@@ -210,6 +222,11 @@ class ObjectTransfer:
             return
         st = self.st
         table = st.table
+        if oid in self.incoming:
+            # Already streaming in from elsewhere (a pull asked twice): this
+            # node's lease goes back, and no bytes are asked for.
+            st.send(client, (M.REFS, [(P.R.DECREF, oid)]))
+            return
         e = self._wanted(client, oid, owners)
         if e is None:
             return

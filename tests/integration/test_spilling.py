@@ -144,8 +144,8 @@ def test_a_view_being_read_is_never_spilled(ray_factory):
 
 
 @miniray.remote
-def make_array(i):
-    return array(i), time.monotonic()
+def make_array(i, size=10 * MiB):
+    return array(i, size), time.monotonic()
 
 
 def test_a_busy_driver_gives_up_known_places_so_a_task_can_put(ray_factory):
@@ -156,7 +156,9 @@ def test_a_busy_driver_gives_up_known_places_so_a_task_can_put(ray_factory):
     ray = ray_factory(num_cpus=1, object_store_memory=STORE)
     mine = [ray.put(array(i)) for i in range(5)]          # 50 of 64 MiB, all placed
     expected = [digest(ray.get(r)) for r in mine]        # read at their places
-    refs = [make_array.remote(100 + i) for i in range(3)]  # 30 MiB more: room is wanted
+    # 20 MiB more: room is wanted, and every object in the store is the
+    # driver's, read in place: the node must ask it to forget some.
+    refs = [make_array.remote(100, 20 * MiB)]
     t0 = time.monotonic()
     x = 0
     while time.monotonic() - t0 < 4.0:                    # busy, never calling miniray
@@ -166,7 +168,7 @@ def test_a_busy_driver_gives_up_known_places_so_a_task_can_put(ray_factory):
     assert finished - t0 < 3.0, f"the tasks waited for the busy driver: {finished - t0:.1f} s"
     assert node_stats()["spilled_total"] >= 1
     assert [digest(ray.get(r)) for r in mine] == expected  # read back from disk, intact
-    assert [digest(a) for a, _ in done] == [digest(array(100 + i)) for i in range(3)]
+    assert [digest(a) for a, _ in done] == [digest(array(100, 20 * MiB))]
     del done
 
 

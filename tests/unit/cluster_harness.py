@@ -116,6 +116,7 @@ class Net:
                     wanted = (to[0], to[1], oid) in self.expect
                     self.expect.discard((to[0], to[1], oid))
                     self.queue.append((to[0], (E.MESSAGES, to[1], [(M.DATA_DONE, oid, wanted)])))
+                self.queue.append((name, (E.SENT, [ins[2][1]])))     # its bytes are out
 
     def execute(self, name, wcid, msg) -> None:
         """A worker was sent a task: it runs it as ``behave`` says (or waits

@@ -283,3 +283,28 @@ def test_a_third_node_pulls_from_the_node_with_the_copy_not_through_the_owner():
     assert not did(net, "H", D.EXPECT_RAW)           # no copy through H's store
     streams = did(net, "B", D.SEND_ARENA)
     assert [(x[2][1], net.wires[("B", x[1])][0]) for x in streams] == [(ret(f), "C")]
+
+
+def test_a_range_being_sent_to_a_peer_is_not_spilled_until_its_last_chunk_is_out():
+    net, d = nodes("B")
+    x = put_large(net, "H", d)
+    net.msgs("H", d, (M.REFS, [(R.FORGOT, x)]))     # (the driver reads it no more in place)
+    held = []
+    route = net.route
+
+    def hold_sent(name, out):           # the server has not written the last chunk yet
+        route(name, out)
+        for item in [q for q in net.queue if q[1][0] == E.SENT]:
+            net.queue.remove(item)
+            held.append(item)
+
+    net.route = hold_sent
+    net.msgs("H", d, (M.SUBMIT, spec("g", shape=ON["B"], deps=[x])))
+    h = net.nodes["H"].st
+    e = h.table.entries[x]
+    assert did(net, "H", D.SEND_ARENA) and held
+    assert e.protect == 1 and not h.table.spillable(e)
+    net.route = route
+    for name, ev in held:
+        net.feed(name, ev)
+    assert e.protect == 0 and h.table.spillable(e)

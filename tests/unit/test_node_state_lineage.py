@@ -319,3 +319,29 @@ def test_the_oldest_lineage_goes_past_its_bound_and_its_result_fails_saying_so()
     # Freed results give their bytes back.
     net.msgs("H", d, (M.REFS, [(R.DECREF, ret(s)) for s in specs]))
     assert lineage.kept_bytes == 0
+
+
+def test_records_being_rerun_are_kept_past_the_bound_and_nothing_spins():
+    net, d = cluster("B")
+    lineage = net.nodes["H"].st.tasks.lineage
+    fs = [spec(f"f{i}", shape=ON_B, max_retries=2, args=b"x" * 100) for i in range(2)]
+    for s in fs:
+        net.behave[s[S.NAME]] = "large"
+        net.msgs("H", d, (M.SUBMIT, s))
+    net.add("C", resources={"B": 1})
+    net.hold_names |= {"f0", "f1"}                  # their re-runs on C do not finish yet
+    net.kill("B")
+    assert all(r.task is not None for r in lineage.kept)
+    lineage.max_bytes = lineage.kept_bytes - 1
+    net.msgs("H", d, (M.SUBMIT, spec("g", max_retries=1)))      # a task finishes on H
+    assert len(lineage.kept) == 2 and not any(r.dropped for r in lineage.kept)
+
+
+def test_records_let_go_leave_the_bookkeeping():
+    net, d = cluster("B")
+    lineage = net.nodes["H"].st.tasks.lineage
+    specs = [spec(f"t{i}", max_retries=1, args=b"z" * 1000) for i in range(50)]
+    for s in specs:
+        net.msgs("H", d, (M.SUBMIT, s))
+    net.msgs("H", d, (M.REFS, [(R.DECREF, ret(s)) for s in specs]))
+    assert lineage.kept_bytes == 0 and not lineage.kept
