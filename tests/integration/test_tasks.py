@@ -359,3 +359,44 @@ def test_get_raises_the_first_error_without_waiting_for_the_rest(ray_start):
         miniray.get([pending, fail.remote()], timeout=20)
     assert time.monotonic() - t0 < 10
     miniray.cancel(pending, force=True)
+
+
+def test_a_tasks_prints_show_while_its_driver_is_busy_elsewhere():
+    """The driver's io thread reads its connection when nobody else does:
+    a task's print appears while the driver computes, not at its next call."""
+    from tests.conftest import run_driver
+    out = run_driver("""
+        import sys, time
+        import miniray
+        miniray.init(num_cpus=1)
+
+        @miniray.remote
+        def hello():
+            print("hello from the task", flush=True)
+            return 1
+
+        seen = []
+
+        class Spy:
+            def write(self, s):
+                if "hello from the task" in s:
+                    seen.append(time.monotonic())
+                return sys.__stdout__.write(s)
+
+            def flush(self):
+                sys.__stdout__.flush()
+
+        sys.stdout = Spy()
+        ref = hello.remote()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3.0:      # busy, never calling miniray
+            pass
+        sys.stdout = sys.__stdout__
+        print("shown after", round(seen[0] - t0, 2) if seen else "never")
+        assert miniray.get(ref) == 1
+        miniray.shutdown()
+    """)
+    assert out.returncode == 0, out.stderr
+    assert "hello from the task" in out.stdout
+    shown = out.stdout.split("shown after ")[1].split()[0]
+    assert shown != "never" and float(shown) < 2.5, out.stdout
