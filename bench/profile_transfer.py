@@ -36,6 +36,19 @@ from .common import median
 BIN = Path(sys.executable).parent
 
 
+def stop_tracers(procs) -> None:
+    """SIGINT each tracer (py-spy / strace write their report on it), then
+    wait; one that hangs is killed."""
+    for p in procs.values():
+        p.send_signal(signal.SIGINT)
+    for p in procs.values():
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def summarize_collapsed(path, top=15):
     """Leaf functions by share of samples, from py-spy's raw (collapsed) output."""
     leaf = collections.Counter()
@@ -94,14 +107,7 @@ def main(argv=None):
             time.sleep(1.0)
             cpu = []
             ts = transfer_samples(ray, a.reps, watch=pids, cpu=cpu)
-            for p in procs.values():
-                p.send_signal(signal.SIGINT)
-            for p in procs.values():
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_tracers(procs)
             report["py-spy"] = {"s": ts, "daemon_cpu": cpu, "leaf": {
                 label: summarize_collapsed(out_dir / f"py-spy-{label}.txt") for label in pids}}
             print(json.dumps({"py-spy": report["py-spy"]}, indent=1), flush=True)
@@ -114,14 +120,7 @@ def main(argv=None):
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
             ts = transfer_samples(ray, 1)
-            for p in procs.values():
-                p.send_signal(signal.SIGINT)
-            for p in procs.values():
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop_tracers(procs)
             report["strace"] = {"s": ts, "tables": {
                 label: (out_dir / f"strace-{label}.txt").read_text()
                 for label in pids if (out_dir / f"strace-{label}.txt").exists()}}
