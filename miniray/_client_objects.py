@@ -199,18 +199,22 @@ class ObjectsClient:
                 else:
                     ready.add(oid)      # (its place: ``places.learn``)
 
-    def wait(self, oids, num_returns, timeout, unique=None):
-        """``unique``: ``set(oids)``, if the caller has it (a faster test)."""
+    def wait(self, oids, num_returns, timeout, unique=None, check=None):
+        """``unique``: ``set(oids)``, if the caller has it (a faster test);
+        ``check()`` runs unless all are known ready here (the caller's full
+        check of its input: ids this process knows are ready need none)."""
         # Ready here: those whose inline value is kept (``known_values``) and
         # those known ready (``known_ready``: arena objects, and objects
         # waited on).
         ready = self.known_ready
         known = self.known_values
-        if ready.issuperset(oids):
+        if ready >= unique if unique is not None else ready.issuperset(oids):
             return range(len(oids))
         if known.keys() >= unique if unique is not None else all(map(known.__contains__, oids)):
             ready.update(oids)      # waited on: the next wait takes the fastest test above
             return range(len(oids))
+        if check is not None:
+            check()
         local = [i for i, oid in enumerate(oids) if oid in known or oid in ready]
         if len(local) >= num_returns:
             return local

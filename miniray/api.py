@@ -177,14 +177,16 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     ``timeout`` passes; both lists keep the input order."""
     if not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() expects a list of ObjectRefs, got {type(object_refs).__name__}")
-    if set(map(type, object_refs)) - {ObjectRef}:
-        bad = next(r for r in object_refs if type(r) is not ObjectRef)
-        raise TypeError(f"wait() expects a list of ObjectRefs, but it holds a "
-                        f"{type(bad).__name__}: {bad!r}")
     if not object_refs:
         return [], []
-    oids = list(map(_ref_id, object_refs))
-    unique = set(oids)
+    try:
+        oids = list(map(_ref_id, object_refs))
+        unique = set(oids)
+    except (AttributeError, TypeError):
+        _check_refs(object_refs)
+        raise
+    # (The type of every element is checked unless all are ids this process
+    # knows are ready: a loop of waits on ready refs is a hot path.)
     if len(unique) != len(oids):
         raise ValueError("wait() got duplicate ObjectRefs in its list")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
@@ -196,7 +198,8 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     if not isinstance(fetch_local, bool):
         raise TypeError("fetch_local must be a bool")
     rt = _runtime.current()
-    positions = rt.client.wait(oids, num_returns, timeout, unique)
+    positions = rt.client.wait(oids, num_returns, timeout, unique,
+                               lambda: _check_refs(object_refs))
     chosen = positions[:num_returns]
     if len(chosen) == chosen[-1] + 1 if chosen else False:
         # The first refs are the ready ones (always so when all are ready).
@@ -208,6 +211,14 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
 
 
 _ref_id = operator.attrgetter("_id")
+
+
+def _check_refs(object_refs) -> None:
+    """wait()'s input must be ObjectRefs only."""
+    if set(map(type, object_refs)) - {ObjectRef}:
+        bad = next(r for r in object_refs if type(r) is not ObjectRef)
+        raise TypeError(f"wait() expects a list of ObjectRefs, but it holds a "
+                        f"{type(bad).__name__}: {bad!r}")
 
 
 def kill(actor, *, no_restart=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import types
 
 import numpy as np
 import pyarrow as pa
@@ -90,6 +91,10 @@ def test_wait_validation(ray_shared):
         miniray.wait(r)
     with pytest.raises(TypeError):
         miniray.wait([1])
+    with pytest.raises(TypeError, match="holds a SimpleNamespace"):   # looks like one
+        miniray.wait([r, types.SimpleNamespace(_id=b"x" * 16)])
+    with pytest.raises(TypeError, match="holds a list"):
+        miniray.wait([r, [r]])
 
 
 def test_get_timeout_is_timeout_error(ray_shared):
