@@ -88,9 +88,12 @@ class Places:
                 pop(oid, None)
                 append((FORGOT, oid))
 
-    def drop(self, oid) -> None:
-        """The last ref to ``oid`` is gone (its DECREF is being queued), or
-        its put failed."""
+    def drop(self, *oids) -> None:
+        """The last refs to ``oids`` are gone (their DECREFs are queued, not
+        sent yet), or a put failed.  One call for a batch: this runs for
+        every ref a program drops."""
         with self._lock:
             self.epoch += 1
-            self._places.pop(oid, None)
+            pop = self._places.pop
+            for oid in oids:
+                pop(oid, None)

@@ -394,6 +394,7 @@ class CoreClient(ObjectsClient):
         the next message as if it had been queued at once)."""
         drops = self._drops
         pop = drops.popleft
+        gone = []
         with _gate, self._refs_lock:
             refs = self.local_refs
             while drops:
@@ -403,12 +404,16 @@ class CoreClient(ObjectsClient):
                     continue
                 if c == 1:
                     del refs[oid]
-                    self.places.drop(oid)
+                    gone.append(oid)
                     self._ops.append((DECREF, oid))
                     self.known_values.pop(oid, None)
                     self.known_ready.discard(oid)
                 else:
                     refs[oid] = c - 1
+            if gone:
+                # Their places go before the DECREFs leave (they are only
+                # queued here): the node ends those leases at the DECREF.
+                self.places.drop(*gone)
 
     def _unpin(self, oid) -> None:
         self._ops.append((UNPIN, oid))
