@@ -134,6 +134,8 @@ class ObjectsClient:
         """Values of ``oids``.  In the gate from the reply to the last
         decode: a reply's pins are released or handed to values, whatever
         interrupts (it waits, so interrupts land, only inside ``request``)."""
+        if self.direct.pending:
+            self.direct.await_results(oids, timeout)      # calls sent straight to actors
         known = self.known_values
         places = self.places
         with _gate:

@@ -93,14 +93,16 @@ class SocketReader:
         return True
 
     # -- waiting ----------------------------------------------------------------------------
-    def wait_until(self, ready, deadline=None, interruptible=True) -> bool:
+    def wait_until(self, ready, deadline=None, interruptible=True, extra=None) -> bool:
         """Wait until ``ready()`` is true (False at ``deadline``, a
         ``time.monotonic()`` value, or once the connection is gone),
         reading the socket in this thread whenever no other thread does.
 
         ``interruptible=False`` (a worker waiting for its next task, where
         no interrupt has anything to act on): a leader on the main thread
-        blocks in ``recv`` itself, saving the poll."""
+        blocks in ``recv`` itself, saving the poll.  ``extra``: more to
+        wait on while leading (an actor's callers: ``_direct_server``), by
+        ``extra.lead_poll(self, deadline)``."""
         lock = self._lock
         with _gate:
             while True:
@@ -118,7 +120,10 @@ class SocketReader:
                         self._waiters.append(waiter)
                 if lead:
                     try:
-                        got = self._lead_read(deadline, interruptible)
+                        if extra is not None:
+                            got = extra.lead_poll(self, deadline)
+                        else:
+                            got = self._lead_read(deadline, interruptible)
                     finally:
                         self.step_back()
                 else:

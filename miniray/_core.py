@@ -59,6 +59,7 @@ from . import _protocol as P
 from . import _serialization as ser
 from ._client_gate import gate as _gate
 from ._client_objects import ObjectsClient, as_raisable
+from ._client_direct import DirectCalls
 from ._client_places import Places
 from ._client_reader import SocketReader
 from ._ids import set_ref_tracker
@@ -110,6 +111,8 @@ class CoreClient(ObjectsClient):
         self.role = role
         self.address = address
         self.node_id = welcome["node_id"]
+        self.cid = welcome.get("cid")
+        self.token = token
         self.job_id = welcome["job_id"]
         self.inline_threshold = welcome["inline_threshold"]
         self.arena = Arena(fds[0], welcome["arena_size"])
@@ -147,6 +150,8 @@ class CoreClient(ObjectsClient):
         self._drops: deque = deque()
         self.remove = self._drops.append
         self.on_push = on_push
+        self.on_quiet = None        # what the io thread also does on its ticks (a worker's)
+        self.direct = DirectCalls(self, token)      # actor calls that skip the node
         self.record_sites = _call_site.enabled()    # RAY_record_ref_creation_sites
         self.broken: BaseException | None = None
         self.registered_fns: set = set()
@@ -174,6 +179,8 @@ class CoreClient(ObjectsClient):
         the two would lose the queued submits and ref ops, one inside
         ``sendall`` would leave half a frame on the stream."""
         frame = _encode(msg)
+        if self.direct.unsent:
+            self.direct.flush()     # calls the node may be asked about next
         with _gate:
             with self._send_lock:
                 if self.broken is not None:
@@ -273,6 +280,8 @@ class CoreClient(ObjectsClient):
         """Write what is queued (``wait=False``: unless another thread is
         sending right now, which takes it along anyway)."""
         err = None
+        if self.direct.unsent:
+            self.direct.flush()
         with _gate:
             if not self._send_lock.acquire(wait):
                 return
@@ -490,12 +499,12 @@ class CoreClient(ObjectsClient):
             self.registered_fns.add(key)
 
     # -- reading (see _client_reader) ----------------------------------------------------------
-    def wait_until(self, ready, timeout=None, interruptible=True) -> bool:
+    def wait_until(self, ready, timeout=None, interruptible=True, extra=None) -> bool:
         """Wait until ``ready()`` is true, reading the socket in this thread
         when no other thread does; False on timeout (see
         ``SocketReader.wait_until``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._reader.wait_until(ready, deadline, interruptible)
+        return self._reader.wait_until(ready, deadline, interruptible, extra)
 
     def poll_now(self) -> None:
         """Read what has arrived, if nobody reads: safe in a signal handler."""
@@ -542,6 +551,10 @@ class CoreClient(ObjectsClient):
                         # process busy outside miniray still answers FORGET
                         # and shows its tasks' prints).
                         reader.poll_now()
+                    if long_nap and self.direct.channels:
+                        self.direct.poll()      # results of direct calls nobody waits for
+                    if self.on_quiet is not None:
+                        self.on_quiet()
                     if forgets:
                         self._answer_forgets()
                     if self._ops or self._later or self._drops or self._soon:
@@ -649,6 +662,7 @@ class CoreClient(ObjectsClient):
         if self._owns_gate:
             _client_gate.uninstall()
         self.flush_later()
+        self.direct.close()
         try:
             self.sock.shutdown(2)
         except OSError:

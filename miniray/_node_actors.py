@@ -334,10 +334,26 @@ class ActorManager:
     def call_done(self, t) -> None:
         a = t.actor
         a.inflight.pop(t.tid, None)
-        if t.kind == ACTOR_CREATE:
+        if t.kind == ACTOR_CREATE or a.state == "dead":
             return
         if a.exiting and not a.queue and not a.inflight:
             self._exit_gracefully(a)
+
+    def lost_in_flight(self, a: Actor, t) -> None:
+        """A direct call sent to a worker of ``a`` that is gone (it died, or
+        the actor restarted since): retried as a call running when its
+        worker died, within max_task_retries, else failed."""
+        budget = t.retries_left if t.retries_left is not None else a.max_task_retries
+        if budget == 0:
+            self.st.tasks.fail(t, ActorDiedError(
+                f"{a.describe()} died while running '{t.spec[S.NAME]}' (its worker process "
+                f"exited); set max_task_retries to retry calls like this.", actor_id=a.aid))
+            return
+        if t.retries_left and t.retries_left > 0:
+            t.retries_left -= 1
+        t.state = "ready"
+        a.queue.append(t)
+        self.pump(a)
 
     # -- lifetime -------------------------------------------------------------------------
     def handles_gone(self, entry) -> None:

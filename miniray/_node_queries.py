@@ -17,6 +17,9 @@ class NodeQueries:
         _, rid, what, arg = msg
         if what == P.Q.LIST_OBJECTS or what == P.Q.STORE_STATS:
             return st.report.answer(client, rid, what, arg)     # maybe from every node
+        if what == P.Q.CALLS_PENDING:
+            st.send(client, (M.REPLY, rid, True, st.direct.calls_pending(client, arg)))
+            return
         try:
             result = self.answer(what, arg)
         except Exception as exc:

@@ -32,6 +32,7 @@ from . import _protocol as P
 from . import _task_spec as S
 from ._node_actors import ActorManager
 from ._node_cluster import ClusterState
+from ._node_direct import DirectCalls
 from ._node_events import E, D
 from ._node_spill import SpillManager
 from ._node_tasks import TaskManager
@@ -100,6 +101,7 @@ class NodeState:
         self.start_failures = 0          # workers that died before HELLO, in a row
         self.tasks = TaskManager(self)
         self.actors = ActorManager(self)
+        self.direct = DirectCalls(self)
         self.cluster = ClusterState(self, config)
         self.report = StoreReport(self)      # LIST_OBJECTS / STORE_STATS, call sites
         self.queries = NodeQueries(self)
@@ -208,6 +210,7 @@ class NodeState:
             self.drop_waiter(w)
         self.table.release_process(client, client.held, client.views, client.unsealed,
                                    client.places)
+        self.direct.client_gone(client)
         self.actors.owner_gone(client)
         if client.role == "node":
             self.cluster.link_closed(client)
@@ -354,7 +357,7 @@ class NodeState:
                    "arena_dir": facts["arena_dir"],
                    "inline_threshold": self.config["inline_threshold"],
                    "store_warning": facts["store_warning"],
-                   "node_ip": self.config.get("node_ip", "127.0.0.1")}
+                   "node_ip": self.config.get("node_ip", "127.0.0.1"), "cid": client.cid}
         self.out.append((D.WELCOME, client.cid, welcome))
         if role == "worker":
             self._worker_hello(client, wid)
@@ -704,6 +707,7 @@ class NodeState:
                 M.TASK_DONE: t.on_task_done, M.CANCEL: t.on_cancel, M.QUERY: self.queries.on_query,
                 M.REVOKED: t.on_revoked,
                 M.ACTOR_CREATE: a.on_create, M.ACTOR_CALL: a.on_call, M.ACTOR_KILL: a.on_kill,
+                M.DIRECT_CALL: self.direct.on_call, M.DIRECT_DONE: self.direct.on_done,
                 M.SHUTDOWN: self.on_shutdown, M.BAD_FRAME: self.on_bad_frame,
                 # links between nodes
                 M.PEER_WELCOME: c.on_peer_welcome, M.NODE_STATUS: c.on_status,

@@ -39,7 +39,8 @@ class TaskExtra:
     same names): with ``returns``, ``cpu`` and ``kind`` derived from the
     spec, a queued task costs 11 slots instead of 19."""
 
-    __slots__ = ("parent", "children", "gpu_ids", "origin", "lineage", "lent", "cancelled")
+    __slots__ = ("parent", "children", "gpu_ids", "origin", "lineage", "lent", "cancelled",
+                 "direct")
 
     def __init__(self):
         self.parent = None      # the task whose worker submitted this one
@@ -49,6 +50,7 @@ class TaskExtra:
         self.lineage = None     # its Lineage record, if submitted here in a cluster
         self.lent = False       # its CPUs are lent (its worker waits in get)
         self.cancelled = False
+        self.direct = None      # the worker a direct call went to, until its DIRECT_DONE
 
 
 class Task:
@@ -81,6 +83,7 @@ class Task:
     lineage = side_field(TaskExtra, "lineage", None)
     lent = side_field(TaskExtra, "lent", False)
     cancelled = side_field(TaskExtra, "cancelled", False)
+    direct = side_field(TaskExtra, "direct", None)
 
     # Derived from the spec, not stored: a queued task costs 8 bytes per slot.
     @property
@@ -621,6 +624,8 @@ class TaskManager(Pipelining):
                 t.children = None
             if t.lineage is not None:
                 self.lineage.finished(t)
+            if t.direct is not None:
+                self.st.direct.task_ended(t)
         unpin = self.st.table.unpin
         for oid in self._pinned(t.spec):
             unpin(oid)

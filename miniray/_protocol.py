@@ -41,6 +41,11 @@ client -> node
   CALL_SITE     task_id, text                     (only with RAY_record_ref_creation_sites=1)
                 where the put or submit that follows was made (file:line); kept as
                 opaque text for LIST_OBJECTS (see ``_store_report``)
+  DIRECT_CALL   spec, pid                         an actor call this process sent straight to
+                                                  the actor's worker (pid): register it, do not
+                                                  dispatch it (see ``_node_direct``)
+  DIRECT_DONE   task_id, results, retryable, caller cid    (worker) a direct call finished;
+                                                  as TASK_DONE, and it may come first
   OUTPUT        job, stream (1 stdout | 2 stderr), text, cont, (name, pid, node_id, ip),
                 task_id | None     a worker's print, as whole lines (or a partial line at
                 a flush; ``cont``: its first line continues one already sent); the node
@@ -66,6 +71,13 @@ node -> client
   JOB           sys_path                          (to workers: a driver joined)
   WARNING       text                              print to the user (e.g. an infeasible task)
   OUTPUT        as above, to the job's driver     written to its sys.stdout / sys.stderr
+
+caller <-> actor worker (direct channels; see ``_client_direct``, ``_direct_server``)
+  HELLO         "caller", pid, node_id, cid       -> WELCOME {pid} (or the worker closes: a
+                                                  caller of another node, or not serving)
+  DIRECT_CALL   spec                              run this call (inline args, no deps)
+  DIRECT_RESULT task_id, results, retryable       its results (arena ones as data None: ask
+                                                  the node; retryable: the node runs it again)
 
 node <-> node (peer links; see ``_node_cluster``)
   HELLO         "node", pid, None, {node_id, register, address, ip, resources}
@@ -161,6 +173,9 @@ class Msg(enum.IntEnum):
     REVOKE = 49
     REVOKED = 50
     FORGET = 51
+    DIRECT_CALL = 52
+    DIRECT_DONE = 53
+    DIRECT_RESULT = 54
     CALL_SITE = 60
 
 
@@ -187,6 +202,7 @@ class Query(enum.IntEnum):
     STATS = 6
     OBJECT_INFO = 7
     CLAIM_ACTOR_NAME = 8    # node -> head: (name, namespace, aid, meta, node_id)
+    CALLS_PENDING = 9       # aid: has the asker calls to that actor not finished?
     LIST_OBJECTS = 20       # {scope: "cluster" | "node", limit}: what fills the store
     STORE_STATS = 21        # {scope}: used, spilled, free, capacity per node
 

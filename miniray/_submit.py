@@ -310,13 +310,26 @@ def create_actor(client, key, class_name, packed, shape, *, is_async, max_concur
     return payload
 
 
-def call_actor(client, actor_id, key, qualname, method, packed, fixed, extra=None):
+def call_actor(client, actor_id, key, qualname, method, packed, fixed, extra=None,
+               serial=False):
     """ACTOR_CALL; ``fixed`` = (num_returns, retries, retry_exc) of the
-    method; ``extra``: e.g. the call's concurrency group.  Returns its refs."""
+    method; ``extra``: e.g. the call's concurrency group; ``serial``: the
+    actor runs one call at a time (such calls may go straight to it:
+    ``_client_direct``).  Returns its refs."""
     n, retries, retry_exc = fixed
     spec = task_spec(_CALL, key, qualname, packed, n, (), retries, retry_exc,
                      actor_id=actor_id, method=method, extra=extra)
+    tid = spec[TASK_ID]
     if client.record_sites:
-        note_call_site(client, spec[TASK_ID])
+        note_call_site(client, tid)
+    refs = return_refs(tid, n)     # first: a direct answer is kept only for refs held
+    if serial:
+        direct = client.direct
+        if direct.enabled:
+            # Inline args, no top-level refs, no options the node acts on.
+            if n and packed[0] is not None and not packed[2] and extra is None and \
+                    direct.call(spec, n):
+                return refs
+            direct.went_through_node(actor_id)
     client.send_later((_ACTOR_CALL, spec))
-    return return_refs(spec[TASK_ID], n)
+    return refs

@@ -201,3 +201,66 @@ def connect_client(address: str, token: bytes, hello: tuple, *, timeout: float =
     except BaseException:
         sock.close()
         raise
+
+
+# -- process to process (direct channels) --------------------------------------------------------
+# The same handshake as with the node, between two processes of one node:
+# a caller and an actor's worker (``_direct_server``).  The worker plays the
+# node's part, blocking, on its acceptor thread.
+
+def serve_handshake(sock: socket.socket, token: bytes, timeout: float = 5.0):
+    """The accepting side: prove the token both ways, then read HELLO.
+    Returns (hello message, frame reader); raises ConnectionError."""
+    sock.settimeout(timeout)
+    node_nonce = os.urandom(NONCE_LEN)
+    sock.sendall(MAGIC + node_nonce)
+    got = _recv_exact(sock, CLIENT_PROOF_LEN)
+    client_nonce, proof = got[:NONCE_LEN], got[NONCE_LEN:]
+    if not hmac.compare_digest(proof, client_proof(token, node_nonce, client_nonce)):
+        raise ConnectionError("a peer could not prove it holds the cluster token")
+    sock.sendall(node_proof(token, node_nonce, client_nonce))
+    reader = P.FrameReader()
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            raise ConnectionError("the peer closed the connection during the handshake")
+        msgs = reader.feed(data)
+        if msgs:
+            break
+    sock.settimeout(None)
+    if len(msgs) != 1 or msgs[0][0] != P.M.HELLO:
+        raise ConnectionError("the peer's first message is not HELLO")
+    return msgs[0], reader
+
+
+def connect_peer(address: str, token: bytes, hello: tuple, timeout: float = 2.0):
+    """The connecting side of ``serve_handshake``: (socket, WELCOME info,
+    frame reader).  The socket is left blocking with no timeout."""
+    family, sockaddr = parse_address(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(sockaddr)
+        _greeting(sock, address, False)
+        node_nonce = _recv_exact(sock, NONCE_LEN)
+        client_nonce = os.urandom(NONCE_LEN)
+        sock.sendall(client_nonce + client_proof(token, node_nonce, client_nonce)
+                     + P.encode(hello))
+        proof = _recv_exact(sock, DIGEST_LEN)
+        if not hmac.compare_digest(proof, node_proof(token, node_nonce, client_nonce)):
+            raise ConnectionError(f"the process at {address} could not prove it holds this "
+                                  f"cluster's token (nothing it sent was read)")
+        reader = P.FrameReader()
+        msgs = []
+        while not msgs:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError(f"{address} closed the connection after the handshake")
+            msgs = reader.feed(data)
+        if msgs[0][0] != P.M.WELCOME or len(msgs) != 1:
+            raise ConnectionError(f"unexpected first message from {address}")
+        sock.settimeout(None)
+        return sock, msgs[0][1], reader
+    except BaseException:
+        sock.close()
+        raise

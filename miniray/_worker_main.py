@@ -124,6 +124,11 @@ class Worker:
         self.main_ident = threading.get_ident()
         self.actor = None           # the ActorRuntime, once an actor's creation arrives
         self.client = None
+        # Direct calls (``_direct_server``): (spec, connection) in arrival
+        # order, and the connection each running one answers on.
+        self.direct = None
+        self.direct_q = deque()
+        self.direct_replies = {}
         # GPU ids are positions in the CUDA_VISIBLE_DEVICES the node was
         # started with, if any (Ray maps them the same way).
         visible = os.environ.get(CUDA_VISIBLE_DEVICES)
@@ -164,6 +169,11 @@ class Worker:
             sys.path[0:0] = missing
             return
         if tag == M.EXIT:
+            # The actor is over for the node: calls straight from callers
+            # no longer run (the node fails them; their channels break).
+            self.direct_q.clear()
+            if self.direct is not None:
+                self.direct.stopped = True
             self.queue.append(msg)
             if msg[1] == "node connection lost":
                 os._exit(1)
@@ -208,15 +218,28 @@ class Worker:
     # -- the loop ------------------------------------------------------------------
     def run(self):
         queue = self.queue
-        has_work = queue.__len__
+        direct_q = self.direct_q
+        has_work = lambda: queue or direct_q      # noqa: E731
         wait_until = self.client.wait_until
         while True:
+            if direct_q:
+                # Calls straight from their callers go first (see _direct_server).
+                self.run_direct(*direct_q.popleft())
+                continue
             if not queue:
+                if self.direct is not None:
+                    self.flush_direct()
                 # No task runs: a SIGINT has nothing to cancel, so the wait
                 # need not be interruptible (and skips a poll per task).
-                wait_until(has_work, interruptible=False)
-                if not queue:        # the connection closed: this process is ending
+                wait_until(has_work, interruptible=False, extra=self.direct)
+                if not (queue or direct_q):   # the connection closed: this process is ending
                     break
+                continue
+            if self.direct is not None:
+                self.flush_direct()
+                self.direct.drain()
+                if direct_q:
+                    continue
             msg = queue.popleft()
             if msg[0] == M.EXIT:
                 break
@@ -230,6 +253,33 @@ class Worker:
                     self.assign_gpus(msg[5] if len(msg) > 5 else None)
                     self.execute(spec, deps, args)
         self.shutdown()
+
+    def run_direct(self, spec, conn) -> None:
+        """A call that came straight from its caller: run, answer on ``conn``."""
+        self.direct_replies[spec[S.TASK_ID]] = conn
+        self.actor.dispatch(spec, (), spec[S.ARGS])
+
+    def flush_direct(self) -> None:
+        """Send what direct calls left queued: the node's DIRECT_DONEs
+        first (a caller that reads a result may pass its ref on at once),
+        then the callers' results."""
+        self.client.flush_later()
+        self.direct.flush()
+
+    def serve_direct(self) -> None:
+        """Once the constructor is done: take calls straight from callers,
+        if this actor runs one call at a time."""
+        if self.actor.threaded or os.environ.get("MINIRAY_DIRECT_CALLS", "1") == "0":
+            return
+        from ._direct_server import DirectServer
+        client = self.client
+        try:
+            self.direct = DirectServer(self, self.state.actor_id, client.token, client.node_id)
+        except OSError as exc:      # e.g. a stale process of the same actor still bound
+            print(f"miniray: actor {self.state.actor_name} takes its calls through the node "
+                  f"only ({exc})", file=sys.stderr)
+            return
+        client.on_quiet = self.direct.read_while_busy
 
     def assign_gpus(self, resources) -> None:
         """The GPU ids of the task or actor about to start, from EXECUTE's
@@ -250,6 +300,8 @@ class Worker:
                 os.environ[CUDA_VISIBLE_DEVICES] = value
 
     def shutdown(self):
+        if self.direct is not None:
+            self.direct.close()
         if self.actor is not None:
             self.actor.shutdown()
         try:
@@ -350,6 +402,8 @@ class Worker:
             if kind == _CREATE and results[0][1] == ERROR:
                 results = [(None, ERROR, results[0][2], ())]
             self.finish(tid, results, retryable, note)
+            if kind == _CREATE and results[0][1] != ERROR:
+                self.serve_direct()
 
     def failed(self, spec, kind, exc):
         """(results, retryable, note) of a task that raised ``exc``.  (A
@@ -379,6 +433,15 @@ class Worker:
         # before the get returns.
         self.stdout.task_ended()
         self.stderr.task_ended()
+        if self.direct_replies:
+            conn = self.direct_replies.pop(tid, None)
+            if conn is not None:
+                # Both leave when no more direct calls wait (``flush_direct``),
+                # or with the next message to the node: a burst of calls
+                # answers in a few writes.
+                self.client.send_later((M.DIRECT_DONE, tid, results, retryable, conn.cid))
+                self.direct.reply(conn, (M.DIRECT_RESULT, tid, results, retryable))
+                return
         self.client.send((M.TASK_DONE, tid, results, retryable, note))
 
     def fail_call(self, spec, exc) -> None:

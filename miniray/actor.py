@@ -252,14 +252,17 @@ class ActorClass:
         packed = pack_args(client, args, kwargs, f"{self._name}.__init__", sig.bind)
         max_task_retries = opts.get("max_task_retries") or 0
         is_async = self._is_async
+        max_concurrency = opts.get("max_concurrency") or (1000 if is_async else 1)
+        # serial: one call at a time, in order (calls may skip the node: _client_direct)
         meta = encode_meta({"class_name": self._name, "key": self._key,
                             "methods": methods, "max_task_retries": max_task_retries,
-                            "is_async": is_async, "concurrency_groups": sorted(self._groups)},
+                            "is_async": is_async, "concurrency_groups": sorted(self._groups),
+                            "serial": not is_async and not self._groups and max_concurrency <= 1},
                            f"actor class '{self._name}'")
         aid, meta, created = create_actor(
             client, self._key, self._name, packed, actor_shape(opts),
             is_async=is_async,
-            max_concurrency=opts.get("max_concurrency") or (1000 if is_async else 1),
+            max_concurrency=max_concurrency,
             namespace=opts.get("namespace", rt.namespace), name=opts.get("name"),
             get_if_exists=opts.get("get_if_exists", False), lifetime=opts.get("lifetime"),
             max_restarts=opts.get("max_restarts") or 0, max_task_retries=max_task_retries,
@@ -413,7 +416,8 @@ class ActorMethod:
         group = opts.get("concurrency_group") if opts else None
         name = (opts.get("name") if opts else None) or self._qualname
         return call_actor(client, self._handle._aid, meta["key"], name, self._name, packed,
-                          self._fixed, {"concurrency_group": group} if group else None)
+                          self._fixed, {"concurrency_group": group} if group else None,
+                          meta.get("serial", False))
 
 
 _sig_cache: dict = {}

@@ -244,6 +244,9 @@ def cancel(object_ref, *, force=False, recursive=True):
                          "end the actor with miniray.kill(handle).")
     rt = _runtime.current()
     rt.client.send((M.CANCEL, object_ref._id, bool(force), bool(recursive)))
+    # A call sent straight to its actor: its outcome is the node's now (a
+    # queued call is failed there at once; its worker never answers it).
+    rt.client.direct.forget_call(object_ref._id)
 
 
 def get_actor(name, namespace=None):

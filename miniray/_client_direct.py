@@ -1,0 +1,291 @@
+"""Direct actor calls, the caller's side: a call crosses no daemon.
+
+    ActorMethod.remote ─► call_actor ─► DirectCalls.call ─ DIRECT_CALL ──► the actor's worker
+                                              └─ DIRECT_CALL(spec, pid), batched ──► node
+    get ─► await_results: waits on the channel ◄── DIRECT_RESULT ──── the actor's worker
+
+Which calls: those of an actor that runs one call at a time (its meta says
+``serial``) whose arguments travel inline with no top-level refs, sent by a
+process of the actor's node.  Everything else goes through the node as
+before.  The node still hears of every direct call (``_node_direct``), off
+the critical path: refcounts, results for other processes, cancel, retries
+and failures work as for any call.  A result that arrives here is kept as
+this process keeps inline values it got (``known_values``), so the ``get``
+that follows needs no daemon at all; a result written to the arena, or one
+the node will run again (a retryable error), is read from the node.
+
+Channels: one per actor, opened on first use (the worker's ``_direct_server``
+authenticates both ways with the cluster token).  If the actor is not
+serving yet (its constructor runs) calls go through the node and a new try
+comes after a back-off.  If a channel breaks (the actor died or restarted),
+the calls it had in flight are read from the node, which knows them and
+retries or fails them as it does any call caught by a worker's death.
+
+Order, per caller: a call goes direct only once the node says this process
+has no call of that actor unfinished there (``Q.CALLS_PENDING``, asked when
+a call went through the node since the last answer, at most every 20 ms per
+actor); calls sent through the node after direct ones run after them
+(``_direct_server``).
+
+Results are read by the thread that waits for them (``SocketReader`` per
+channel: leader/follower, so the kernel wakes the waiting thread), and by
+the io thread when the process is quiet (results nobody waits for).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+from . import _protocol as P
+from . import _task_spec as S
+from ._client_gate import gate as _gate
+from ._client_reader import SocketReader
+from ._direct_server import address_for
+from ._transport import connect_peer
+from .exceptions import GetTimeoutError
+
+__all__ = ["DirectCalls", "ENV"]
+
+_DONTWAIT = socket.MSG_DONTWAIT
+
+M = P.M
+ENV = "MINIRAY_DIRECT_CALLS"      # "0": every call goes through the node
+FIRST_RETRY_S = 0.05              # after a failed connect: calls go through the node this long
+LAST_RETRY_S = 1.0                # ... doubling up to this
+ASK_EVERY_S = 0.02                # at most one CALLS_PENDING per actor in this time
+FLUSH_BYTES = 64 * 1024           # queued calls beyond this go out at once
+
+
+class _Channel:
+    __slots__ = ("aid", "sock", "reader", "pid", "lock", "closed", "buf")
+
+    def __init__(self, aid, sock, pid):
+        self.aid = aid
+        self.sock = sock
+        self.pid = pid
+        self.lock = threading.Lock()
+        self.reader = None
+        self.closed = False
+        self.buf = bytearray()      # calls not sent yet (``flush``)
+
+
+class DirectCalls:
+    def __init__(self, client, token: bytes):
+        self.client = client
+        self.token = token
+        self.enabled = os.environ.get(ENV, "1") != "0"
+        self.channels: dict = {}      # actor id -> _Channel
+        self.retry_at: dict = {}      # actor id -> (monotonic time, back-off): a connect failed
+        self.routed: dict = {}        # actor id -> time asked last: calls went through the node
+        self.pending: dict = {}       # result oid -> _Channel of its call
+        self.unsent: set = set()      # channels with calls queued (``flush``)
+        self._lock = threading.Lock()
+
+    # -- calling -------------------------------------------------------------------------
+    def call(self, spec, n: int) -> bool:
+        """Send the call straight to its actor if it may go; False: send it
+        through the node instead (nothing was sent)."""
+        aid = spec[S.ACTOR_ID]
+        ch = self.channels.get(aid)
+        if ch is None:
+            ch = self._open(aid)
+            if ch is None:
+                return False
+        if aid in self.routed and not self._routed_done(aid):
+            return False
+        tid = spec[S.TASK_ID]
+        pending = self.pending
+        oids = [tid + i.to_bytes(2, "little") for i in range(n)]
+        for oid in oids:
+            pending[oid] = ch       # before the send: the answer may be read at once
+        # Queued, like a submit: it leaves when a get waits for it, with the
+        # next message to the node, or when the io thread flushes (within
+        # 2 ms: the registration below wakes it), so a burst of calls goes
+        # out in a few writes.
+        frame = P.encode((M.DIRECT_CALL, spec))
+        with _gate:
+            with ch.lock:
+                if ch.closed:
+                    ok = False
+                else:
+                    ok = True
+                    ch.buf += frame
+                    self.unsent.add(ch)
+                    if len(ch.buf) >= FLUSH_BYTES:
+                        ok = self._write(ch, False)
+            if not ok:
+                for oid in oids:
+                    pending.pop(oid, None)
+                return False
+            self.client.send_later((M.DIRECT_CALL, spec, ch.pid))
+        return True
+
+    def went_through_node(self, aid) -> None:
+        """A call of ``aid`` goes through the node: the next direct one
+        waits until the node has finished it, and the direct ones queued
+        here go first (into the worker's socket: it runs them before calls
+        that come through the node)."""
+        self.routed[aid] = 0.0
+        ch = self.channels.get(aid)
+        if ch is not None and ch.buf:
+            self._flush_channel(ch)
+
+    def _routed_done(self, aid) -> bool:
+        now = time.monotonic()
+        if now - self.routed.get(aid, 0.0) < ASK_EVERY_S:
+            return False
+        self.routed[aid] = now
+        if self.client.query(P.Q.CALLS_PENDING, aid):
+            return False
+        self.routed.pop(aid, None)
+        return True
+
+    def _write(self, ch, block: bool) -> bool:
+        """Send ``ch``'s queued calls (the caller holds ``ch.lock``, in the
+        gate: never half a frame on the stream); ``block=False``: what the
+        socket takes now (the worker reads while it runs a long call too,
+        see ``_direct_server``), so ``.remote()`` never waits for an actor.
+        False if the channel broke (its calls are then the node's: ``_lost``)."""
+        buf = ch.buf
+        try:
+            if block:
+                ch.sock.sendall(buf)
+                n = len(buf)
+            else:
+                try:
+                    n = ch.sock.send(buf, _DONTWAIT)
+                except BlockingIOError:
+                    n = 0
+        except OSError:
+            ch.closed = True
+            return False
+        del buf[:n]
+        if not buf:
+            self.unsent.discard(ch)
+        return True
+
+    def _flush_channel(self, ch, block=True) -> None:
+        with _gate:
+            with ch.lock:
+                broke = ch.buf and not ch.closed and not self._write(ch, block)
+            if broke:
+                self._lost(ch, None, force=True)
+
+    def flush(self) -> None:
+        """Send every channel's queued calls, as far as the sockets take
+        them now."""
+        for ch in list(self.unsent):
+            self._flush_channel(ch, False)
+
+    # -- channels ------------------------------------------------------------------------
+    def _open(self, aid):
+        now = time.monotonic()
+        retry = self.retry_at.get(aid)
+        if retry is not None and now < retry[0]:
+            return None
+        with self._lock:
+            ch = self.channels.get(aid)
+            if ch is not None:
+                return ch
+            client = self.client
+            hello = (M.HELLO, "caller", os.getpid(), client.node_id, client.cid)
+            try:
+                sock, info, frames = connect_peer(address_for(aid), self.token, hello)
+            except Exception:
+                # Not serving (yet): its constructor runs, it restarts, or it
+                # lives on another node.
+                delay = min(LAST_RETRY_S, retry[1] * 2) if retry is not None else FIRST_RETRY_S
+                self.retry_at[aid] = (time.monotonic() + delay, delay)
+                return None
+            self.retry_at.pop(aid, None)
+            ch = _Channel(aid, sock, info["pid"])
+            ch.reader = SocketReader(sock, frames, lambda msg: self._on_result(msg),
+                                     lambda exc: self._lost(ch, exc))
+            self.channels[aid] = ch
+            return ch
+
+    def _on_result(self, msg) -> None:
+        """DIRECT_RESULT: keep the inline results this process holds refs to
+        (a get takes them there), and stop waiting for them."""
+        if msg[0] != M.DIRECT_RESULT:
+            return
+        results, retryable = msg[2], msg[3]
+        client = self.client
+        if not retryable:
+            with client._refs_lock:
+                refs = client.local_refs
+                known = client.known_values
+                for oid, kind, data, _contained in results:
+                    if type(data) is bytes and oid in refs:
+                        known[oid] = (kind, data)
+        pending = self.pending
+        for r in results:
+            pending.pop(r[0], None)
+
+    def _lost(self, ch, exc, force=False) -> None:
+        """The channel broke (the actor died, restarted or was killed): its
+        calls in flight are read from the node, which has them."""
+        with ch.lock:
+            if ch.closed and not force:
+                return
+            ch.closed = True
+            ch.buf.clear()
+        self.unsent.discard(ch)
+        if self.channels.get(ch.aid) is ch:
+            del self.channels[ch.aid]
+        self.retry_at[ch.aid] = (time.monotonic() + FIRST_RETRY_S, FIRST_RETRY_S)
+        self.routed[ch.aid] = 0.0
+        pending = self.pending
+        for oid in [oid for oid, c in list(pending.items()) if c is ch]:
+            pending.pop(oid, None)
+        ch.reader.close()
+        try:
+            ch.sock.close()
+        except OSError:
+            pass
+
+    # -- results -------------------------------------------------------------------------
+    def await_results(self, oids, timeout) -> None:
+        """Wait for the results of direct calls among ``oids`` (then in
+        ``known_values``, or to be read from the node)."""
+        pending = self.pending
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for oid in oids:
+            ch = pending.get(oid)
+            if ch is None:
+                continue
+            if ch.buf:
+                self._flush_channel(ch)
+            if not ch.reader.wait_until(lambda: oid not in pending, deadline):
+                if oid in pending and not ch.closed:
+                    raise GetTimeoutError(
+                        f"get timed out after {timeout} s waiting for {len(oids)} object(s); "
+                        f"the tasks making them are still pending or running")
+
+    def forget_call(self, oid) -> None:
+        """Read the outcome of the call making ``oid`` from the node (it was
+        cancelled: the node decides it)."""
+        ch = self.pending.pop(oid, None)
+        if ch is not None:
+            tid = oid[:-2]
+            for other in [o for o, c in list(self.pending.items()) if c is ch and o[:-2] == tid]:
+                self.pending.pop(other, None)
+
+    def poll(self) -> None:
+        """(io thread, when quiet) read results nobody waits for."""
+        for ch in list(self.channels.values()):
+            ch.reader.poll_now()
+
+    def close(self) -> None:
+        for ch in list(self.channels.values()):
+            with ch.lock:
+                ch.closed = True
+            ch.reader.close()
+            try:
+                ch.sock.close()
+            except OSError:
+                pass
+        self.channels.clear()
+        self.pending.clear()

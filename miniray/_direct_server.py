@@ -1,0 +1,281 @@
+"""An actor's worker taking calls straight from their callers.
+
+    caller ── DIRECT_CALL ──► connection ──► Worker.direct_q ──► main thread runs it
+    caller ◄─ DIRECT_RESULT ─────────────────────────────────────┘  and tells the node
+                                                                    (DIRECT_DONE)
+
+Only an actor that runs one call at a time (sync, max_concurrency 1, no
+concurrency groups) serves, from the moment its constructor is done, at
+``address_for(actor id)``: a Unix socket in the abstract namespace, so
+only processes of this host (and network namespace) reach it, and nothing
+is left behind when the process dies.  Each connection authenticates both
+ways with the cluster token (``_transport.serve_handshake``), on the
+acceptor thread; a caller of another node is turned away (the node that
+registers a direct call must be the actor's own).
+
+Reading: the main thread, waiting for its next call, polls the node socket,
+the acceptor's eventfd and every caller's connection at once
+(``lead_poll``, called by the node socket's reader while this thread leads
+it): the kernel wakes the thread that runs the call.
+
+Order, per caller: a caller sends calls here only once every call it sent
+through the node is finished (it asks the node: ``_client_direct``).  A call
+it sends through the node after direct ones must run after them: before the
+main thread takes a call that came through the node it reads every
+connection (``drain``), and direct calls run first.  (A call sent here was
+in this process's socket before the caller sent the later one to the node.)
+
+Replies never block the actor: what a caller has not read yet waits in its
+connection's outbox, sent as the socket takes it.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from collections import deque
+
+from . import _protocol as P
+from ._transport import parse_address, serve_handshake
+
+__all__ = ["address_for", "DirectServer"]
+
+M = P.M
+_IN = select.POLLIN
+_OUT = select.POLLOUT
+_DONTWAIT = socket.MSG_DONTWAIT
+FLUSH_BYTES = 64 * 1024     # queued replies beyond this go out at once
+
+
+def address_for(actor_id: bytes) -> str:
+    return "unix:@miniray-direct-" + actor_id.hex()
+
+
+class _Conn:
+    __slots__ = ("sock", "fd", "frames", "out", "cid", "polled_out")
+
+    def __init__(self, sock, frames, cid):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.frames = frames
+        self.out = None         # replies not sent yet
+        self.polled_out = False     # registered for POLLOUT (the socket was full)
+        self.cid = cid          # the caller's connection id at the node
+
+
+class DirectServer:
+    def __init__(self, worker, actor_id: bytes, token: bytes, node_id):
+        self.worker = worker
+        self.queue = worker.direct_q
+        self.token = token
+        self.node_id = node_id
+        family, sockaddr = parse_address(address_for(actor_id))
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.bind(sockaddr)
+        listener.listen(64)
+        self.listener = listener
+        self.conns: dict = {}       # fd -> _Conn
+        self.new: deque = deque()   # authenticated by the acceptor, not polled yet
+        self.waiting: list = []     # connections with replies queued
+        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.node_fd = worker.client.sock.fileno()
+        poller = select.poll()
+        poller.register(self.node_fd, _IN)
+        poller.register(self.wake, _IN)
+        self.poller = poller
+        self.closed = False
+        # Reads of the connections happen under ``lock``: by the main thread
+        # when it waits for work (``main_waits`` while it sleeps in poll:
+        # the io thread must not take what would wake it), else by the io
+        # thread (``read_while_busy``).
+        self.lock = threading.Lock()
+        self.main_waits = False
+        self.stopped = False        # EXIT came: calls read from now on are dropped
+        threading.Thread(target=self._accept_loop, name="miniray-direct", daemon=True).start()
+
+    # -- the acceptor thread ---------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while not self.closed:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                hello, frames = serve_handshake(sock, self.token)
+                _, role, _pid, node_id, cid = hello
+                if role != "caller" or node_id != self.node_id:
+                    raise ConnectionError("not a caller of this node")
+                sock.sendall(P.encode((M.WELCOME, {"pid": os.getpid()})))
+            except Exception:
+                sock.close()
+                continue
+            sock.setblocking(False)
+            self.new.append(_Conn(sock, frames, cid))
+            os.eventfd_write(self.wake, 1)
+
+    # -- the main thread -------------------------------------------------------------------
+    def lead_poll(self, reader, deadline) -> bool:
+        """Wait for a call from a caller or a message from the node (the
+        caller leads ``reader``, the node socket's); read what came."""
+        if deadline is None:
+            timeout = -1
+        else:
+            timeout = max(0.0, (deadline - time.monotonic()) * 1000)
+        lock = self.lock
+        with lock:
+            if self.queue:          # the io thread read calls meanwhile
+                return True
+            self.main_waits = True
+        try:
+            events = self.poller.poll(timeout)
+        finally:
+            lock.acquire()
+            self.main_waits = False
+        node = False
+        try:
+            for fd, ev in events:
+                if fd == self.node_fd:
+                    node = True
+                elif fd == self.wake:
+                    self._adopt()
+                else:
+                    self._serve(fd, ev)
+        finally:
+            lock.release()
+        if node:
+            reader.read(_DONTWAIT)
+        return True
+
+    def drain(self) -> None:
+        """Read every connection now (before a call from the node runs)."""
+        with self.lock:
+            self._read_all()
+
+    def read_while_busy(self) -> None:
+        """(the io thread, on its ticks) While the main thread runs calls,
+        read what callers sent, so that a caller's socket never fills: its
+        ``.remote()`` never waits for this actor."""
+        lock = self.lock
+        if not lock.acquire(False):
+            return
+        try:
+            if not self.main_waits and not self.closed:
+                self._read_all()
+        finally:
+            lock.release()
+
+    def _read_all(self) -> None:
+        if self.new:
+            self._adopt()
+        for fd in list(self.conns):
+            self._serve(fd, _IN)
+
+    def _adopt(self) -> None:
+        try:
+            os.eventfd_read(self.wake)
+        except BlockingIOError:
+            pass
+        new = self.new
+        while new:
+            conn = new.popleft()
+            self.conns[conn.fd] = conn
+            self.poller.register(conn.fd, _IN)
+            if conn.frames.ready:
+                self._take(conn)
+
+    def _serve(self, fd, ev) -> None:
+        conn = self.conns.get(fd)
+        if conn is None:
+            return
+        if ev & _OUT and conn.out:
+            self._send(conn)
+        if not ev & ~_OUT:
+            return
+        frames = conn.frames
+        while True:
+            try:
+                n = frames.recv_from(conn.sock, _DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:
+                n = 0
+            if not n:
+                self._close(conn)
+                break
+            frames.push_scratch(n)
+            if n < P.RECV_SIZE:
+                break
+        self._take(conn)
+
+    def _take(self, conn) -> None:
+        ready = conn.frames.ready
+        queue = self.queue
+        if self.stopped:
+            ready.clear()
+        while ready:
+            msg = ready.popleft()
+            if msg[0] == M.DIRECT_CALL:
+                queue.append((msg[1], conn))
+
+    def reply(self, conn, msg) -> None:
+        """Queue ``msg`` for the caller of ``conn`` (``flush`` sends it)."""
+        if self.conns.get(conn.fd) is not conn:
+            return          # that caller is gone
+        out = conn.out
+        if out is None:
+            out = conn.out = bytearray()
+            self.waiting.append(conn)
+        out += P.encode(msg)
+        if len(out) >= FLUSH_BYTES and not conn.polled_out:
+            self._send(conn)
+
+    def flush(self) -> None:
+        """Send the queued replies, as far as the sockets take them now
+        (the rest goes when POLLOUT says so)."""
+        waiting = self.waiting
+        while waiting:
+            conn = waiting.pop()
+            if conn.out and not conn.polled_out and self.conns.get(conn.fd) is conn:
+                self._send(conn)
+
+    def _send(self, conn) -> None:
+        out = conn.out
+        try:
+            n = conn.sock.send(out, _DONTWAIT)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self._close(conn)
+            return
+        if n:
+            del out[:n]
+        if out:
+            if not conn.polled_out:
+                conn.polled_out = True
+                self.poller.modify(conn.fd, _IN | _OUT)
+        else:
+            conn.out = None
+            if conn.polled_out:
+                conn.polled_out = False
+                self.poller.modify(conn.fd, _IN)
+
+    def _close(self, conn) -> None:
+        if self.conns.pop(conn.fd, None) is None:
+            return
+        try:
+            self.poller.unregister(conn.fd)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        for conn in list(self.conns.values()):
+            self._close(conn)
