@@ -1,0 +1,223 @@
+"""Direct actor calls with the real runtime: calls of a one-at-a-time actor
+skip the node (``_client_direct``, ``_direct_server``, ``_node_direct``),
+and everything a call through the node does still holds: order per caller,
+results usable by other processes, crashes, restarts, kill, cancel."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import miniray
+from miniray import _runtime
+from miniray._direct_server import address_for
+from miniray._transport import connect_peer
+from miniray.exceptions import RayActorError, TaskCancelledError
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@miniray.remote
+class Log:
+    def __init__(self):
+        self.seen = []
+
+    def add(self, x, pad=None):
+        self.seen.append(x)
+        return x
+
+    def log(self):
+        return self.seen
+
+    def pid(self):
+        return os.getpid()
+
+    def sleep(self, s):
+        time.sleep(s)
+        return s
+
+    def array(self, n):
+        return np.arange(n)
+
+    def nested(self, x):
+        return [miniray.put(x)]
+
+
+def client():
+    return _runtime.current().client
+
+
+def served(actor) -> None:
+    """Wait until calls of ``actor`` go direct (its server is up)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ref = actor.pid.remote()
+        direct = ref.id in client().direct.pending
+        miniray.get(ref)
+        if direct:
+            return
+        time.sleep(0.05)
+    raise AssertionError("calls never went straight to the actor")
+
+
+def test_sync_calls_need_no_node(ray_start):
+    """With the node daemon stopped (SIGSTOP), direct calls still return."""
+    a = Log.remote()
+    served(a)
+    node_pid = client().welcome["node_pid"]
+    os.kill(node_pid, signal.SIGSTOP)
+    try:
+        got = [miniray.get(a.add.remote(i), timeout=10) for i in range(50)]
+    finally:
+        os.kill(node_pid, signal.SIGCONT)
+    assert got == list(range(50))
+    # The node heard of every call meanwhile: its view of them is whole.
+    refs = [a.add.remote(i) for i in range(50, 60)]
+    assert miniray.get(refs) == list(range(50, 60))
+    assert miniray.get(a.log.remote()) == list(range(60))
+
+
+@pytest.mark.parametrize("direct", ["1", "0"])
+def test_order_per_caller_holds_across_direct_and_node_calls(ray_factory, monkeypatch, direct):
+    monkeypatch.setenv("MINIRAY_DIRECT_CALLS", direct)
+    ray_factory(num_cpus=2)
+    a = Log.remote()
+    served(a) if direct == "1" else miniray.get(a.pid.remote())
+    big = b"x" * (200 * 1024)           # beyond the inline threshold: through the node
+    refs = []
+    for i in range(300):
+        if i % 7 == 3:
+            refs.append(a.add.remote(miniray.put(i)))      # a ref arg: through the node
+        elif i % 11 == 5:
+            refs.append(a.add.remote(i, big))
+        else:
+            refs.append(a.add.remote(i))
+    assert miniray.get(refs) == list(range(300))
+    assert miniray.get(a.log.remote())[-300:] == list(range(300))
+    if direct == "1":
+        assert not client().direct.pending
+
+
+def test_results_of_direct_calls_serve_other_tasks_and_gets(ray_start):
+    @miniray.remote
+    def double(x):
+        return 2 * x
+
+    @miniray.remote
+    def total(xs):
+        return int(sum(xs))
+
+    a = Log.remote()
+    served(a)
+    r = a.add.remote(21)
+    assert miniray.get(double.remote(r)) == 42          # passed on before its get
+    assert miniray.get(r) == 21 and miniray.get(double.remote(r)) == 42
+    arr = a.array.remote(1_000_000)                     # an arena result: read via the node
+    assert miniray.get(total.remote(arr)) == sum(range(1_000_000))
+    assert miniray.get(arr)[-1] == 999_999
+    inner = miniray.get(a.nested.remote("held"))[0]     # a ref inside a direct result
+    assert miniray.get(inner) == "held"
+    ready, _ = miniray.wait([a.add.remote(1)], timeout=10)
+    assert len(ready) == 1
+
+
+def test_crash_in_a_direct_call_fails_it_with_actor_died(ray_start):
+    @miniray.remote
+    class Crashy:
+        def ping(self):
+            return "pong"
+
+        def crash(self):
+            os._exit(1)
+
+    c = Crashy.remote()
+    deadline = time.monotonic() + 10
+    while not client().direct.channels and time.monotonic() < deadline:
+        miniray.get(c.ping.remote())
+        time.sleep(0.05)
+    ref = c.crash.remote()
+    assert ref.id in client().direct.pending
+    with pytest.raises(RayActorError):
+        miniray.get(ref, timeout=20)
+    with pytest.raises(RayActorError):
+        miniray.get(c.ping.remote(), timeout=20)
+
+
+def test_direct_call_caught_by_a_crash_is_retried_after_the_restart(ray_start, tmp_path):
+    marker = str(tmp_path / "crashed")
+
+    @miniray.remote(max_restarts=1, max_task_retries=1)
+    class Once:
+        def ping(self):
+            return os.getpid()
+
+        def crash_once(self, path):
+            if not os.path.exists(path):
+                open(path, "w").close()
+                os._exit(1)
+            return "second run"
+
+    o = Once.remote()
+    served_pid = None
+    deadline = time.monotonic() + 10
+    while not client().direct.channels and time.monotonic() < deadline:
+        served_pid = miniray.get(o.ping.remote())
+        time.sleep(0.05)
+    ref = o.crash_once.remote(marker)
+    assert ref.id in client().direct.pending
+    assert miniray.get(ref, timeout=30) == "second run"
+    assert miniray.get(o.ping.remote(), timeout=20) != served_pid
+
+
+def test_kill_fails_a_running_direct_call(ray_start):
+    a = Log.remote()
+    served(a)
+    ref = a.sleep.remote(60)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    miniray.kill(a)
+    with pytest.raises(RayActorError):
+        miniray.get(ref, timeout=20)
+    assert time.monotonic() - t0 < 10
+
+
+def test_cancel_reaches_running_and_queued_direct_calls(ray_start):
+    a = Log.remote()
+    served(a)
+    running = a.sleep.remote(60)
+    queued = a.sleep.remote(60)
+    assert running.id in client().direct.pending and queued.id in client().direct.pending
+    time.sleep(0.3)
+    miniray.cancel(queued)
+    with pytest.raises(TaskCancelledError):
+        miniray.get(queued, timeout=20)
+    miniray.cancel(running)
+    with pytest.raises(TaskCancelledError):
+        miniray.get(running, timeout=20)
+    assert miniray.get(a.add.remote("after"), timeout=20) == "after"
+
+
+def test_remote_never_waits_for_a_busy_actor(ray_start):
+    """Calls with large inline args queue while the actor sleeps: the
+    caller's ``.remote()`` returns at once (the worker reads them meanwhile)."""
+    a = Log.remote()
+    served(a)
+    busy = a.sleep.remote(3)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    refs = [a.add.remote(i, b"p" * 90_000) for i in range(40)]     # ~3.6 MB, inline
+    assert time.monotonic() - t0 < 1.5
+    assert miniray.get(refs, timeout=30) == list(range(40))
+    assert miniray.get(busy) == 3
+
+
+def test_direct_channel_refuses_a_wrong_token(ray_start):
+    a = Log.remote()
+    served(a)
+    hello = ("HELLO-ignored",)
+    with pytest.raises(ConnectionError):
+        connect_peer(address_for(a._actor_id), b"not the token" * 3, hello)
+    assert miniray.get(a.add.remote("still serving")) == "still serving"
