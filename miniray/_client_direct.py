@@ -56,6 +56,8 @@ FIRST_RETRY_S = 0.05              # after a failed connect: calls go through the
 LAST_RETRY_S = 1.0                # ... doubling up to this
 ASK_EVERY_S = 0.02                # at most one CALLS_PENDING per actor in this time
 FLUSH_BYTES = 64 * 1024           # queued calls beyond this go out at once
+CLOSE_FLUSH_S = 5.0               # at shutdown, longest wait for an actor to take queued calls
+CONNECT_TIMEOUT_S = 1.0
 
 
 class _Channel:
@@ -108,16 +110,19 @@ class DirectCalls:
         with _gate:
             with ch.lock:
                 if ch.closed:
-                    ok = False
+                    ok = broke = False
                 else:
                     ok = True
                     ch.buf += frame
                     self.unsent.add(ch)
                     if len(ch.buf) >= FLUSH_BYTES:
-                        ok = self._write(ch, False)
+                        broke = not self._write(ch, False)
+                        ok = not broke
             if not ok:
                 for oid in oids:
                     pending.pop(oid, None)
+                if broke:
+                    self._lost(ch, None, force=True)
                 return False
             self.client.send_later((M.DIRECT_CALL, spec, ch.pid))
         return True
@@ -127,7 +132,7 @@ class DirectCalls:
         waits until the node has finished it, and the direct ones queued
         here go first (into the worker's socket: it runs them before calls
         that come through the node)."""
-        self.routed[aid] = 0.0
+        self.routed.setdefault(aid, 0.0)
         ch = self.channels.get(aid)
         if ch is not None and ch.buf:
             self._flush_channel(ch)
@@ -192,7 +197,8 @@ class DirectCalls:
             client = self.client
             hello = (M.HELLO, "caller", os.getpid(), client.node_id, client.cid)
             try:
-                sock, info, frames = connect_peer(address_for(aid), self.token, hello)
+                sock, info, frames = connect_peer(address_for(aid), self.token, hello,
+                                                  timeout=CONNECT_TIMEOUT_S)
             except Exception:
                 # Not serving (yet): its constructor runs, it restarts, or it
                 # lives on another node.
@@ -213,16 +219,17 @@ class DirectCalls:
             return
         results, retryable = msg[2], msg[3]
         client = self.client
-        if not retryable:
+        pending = self.pending
+        # Only results still waited for here: after a cancel the node's
+        # answer is the one that counts (``forget_call``).
+        taken = [r for r in results if pending.pop(r[0], None) is not None]
+        if not retryable and taken:
             with client._refs_lock:
                 refs = client.local_refs
                 known = client.known_values
-                for oid, kind, data, _contained in results:
+                for oid, kind, data, _contained in taken:
                     if type(data) is bytes and oid in refs:
                         known[oid] = (kind, data)
-        pending = self.pending
-        for r in results:
-            pending.pop(r[0], None)
 
     def _lost(self, ch, exc, force=False) -> None:
         """The channel broke (the actor died, restarted or was killed): its
@@ -279,6 +286,14 @@ class DirectCalls:
             ch.reader.poll_now()
 
     def close(self) -> None:
+        """Send what is queued (the node has registered those calls: they
+        must reach their actor; its worker reads while busy), then close."""
+        for ch in list(self.unsent):
+            try:
+                ch.sock.settimeout(CLOSE_FLUSH_S)
+            except OSError:
+                continue
+            self._flush_channel(ch)
         for ch in list(self.channels.values()):
             with ch.lock:
                 ch.closed = True

@@ -114,6 +114,8 @@ class SocketReader:
                     lead = not self.reading and not self.permanent
                     if lead:
                         self.reading = True
+                    elif extra is not None:
+                        pass            # waits on ``extra`` alone (see below)
                     else:
                         waiter = _allocate_lock()
                         waiter.acquire()
@@ -126,6 +128,10 @@ class SocketReader:
                             got = self._lead_read(deadline, interruptible)
                     finally:
                         self.step_back()
+                elif extra is not None:
+                    # Another thread reads the socket: wait on ``extra``'s
+                    # sources, looking again at ``ready`` every few ms.
+                    got = extra.side_poll(deadline)
                 else:
                     got = self._follow(waiter, deadline)
                 if not got:

@@ -222,13 +222,18 @@ class CoreClient(ObjectsClient):
                         return
             if err is not None:
                 raise self._mark_broken(err) from None
-            self._last_later = time.monotonic()
-            if self._io_napping:
-                # The io thread sleeps in a long poll: wake it once; it then
-                # polls briefly while submits keep coming, so a busy submitter
-                # pays no wake-up per message.
-                self._io_napping = False
-                os.eventfd_write(self._wake, 1)
+            self.arm_io()
+
+    def arm_io(self) -> None:
+        """Have the io thread tick every LATER_DELAY_MS for a while (it
+        flushes what waits, and runs ``on_quiet``)."""
+        self._last_later = time.monotonic()
+        if self._io_napping:
+            # The io thread sleeps in a long poll: wake it once; it then
+            # polls briefly while submits keep coming, so a busy submitter
+            # pays no wake-up per message.
+            self._io_napping = False
+            os.eventfd_write(self._wake, 1)
 
     def send_nowait(self, msg) -> None:
         """Send ``msg`` now if no thread is sending, else queue it for the

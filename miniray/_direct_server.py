@@ -49,6 +49,12 @@ _DONTWAIT = socket.MSG_DONTWAIT
 FLUSH_BYTES = 64 * 1024     # queued replies beyond this go out at once
 
 
+def _timeout_ms(deadline) -> float:
+    if deadline is None:
+        return -1
+    return max(0.0, (deadline - time.monotonic()) * 1000)
+
+
 def address_for(actor_id: bytes) -> str:
     return "unix:@miniray-direct-" + actor_id.hex()
 
@@ -80,6 +86,7 @@ class DirectServer:
         self.new: deque = deque()   # authenticated by the acceptor, not polled yet
         self.waiting: list = []     # connections with replies queued
         self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.client = worker.client
         self.node_fd = worker.client.sock.fileno()
         poller = select.poll()
         poller.register(self.node_fd, _IN)
@@ -107,29 +114,49 @@ class DirectServer:
                 _, role, _pid, node_id, cid = hello
                 if role != "caller" or node_id != self.node_id:
                     raise ConnectionError("not a caller of this node")
-                sock.sendall(P.encode((M.WELCOME, {"pid": os.getpid()})))
             except Exception:
                 sock.close()
                 continue
-            sock.setblocking(False)
-            self.new.append(_Conn(sock, frames, cid))
+            # Polled (``drain`` sees it) before the caller may send a call.
+            conn = _Conn(sock, frames, cid)
+            self.new.append(conn)
             os.eventfd_write(self.wake, 1)
+            try:
+                sock.sendall(P.encode((M.WELCOME, {"pid": os.getpid()})))
+            except OSError:
+                pass            # the caller left: its socket reads as closed
+            sock.setblocking(False)
 
     # -- the main thread -------------------------------------------------------------------
     def lead_poll(self, reader, deadline) -> bool:
         """Wait for a call from a caller or a message from the node (the
         caller leads ``reader``, the node socket's); read what came."""
-        if deadline is None:
-            timeout = -1
-        else:
-            timeout = max(0.0, (deadline - time.monotonic()) * 1000)
+        if self._wait(self.poller, _timeout_ms(deadline)):
+            reader.read(_DONTWAIT)
+        return True
+
+    def side_poll(self, deadline) -> bool:
+        """Wait for a call from a caller while another thread reads the
+        node socket (the io thread leads it for good once the actor used
+        futures): at most 5 ms, so that what that thread queued is seen."""
+        poller = select.poll()
+        poller.register(self.wake, _IN)
+        for conn in list(self.conns.values()):
+            poller.register(conn.fd, _IN | _OUT if conn.polled_out else _IN)
+        timeout = _timeout_ms(deadline)
+        self._wait(poller, 5 if timeout < 0 else min(5, timeout))
+        return deadline is None or time.monotonic() < deadline
+
+    def _wait(self, poller, timeout) -> bool:
+        """Poll, then serve what is ready (under ``lock``); True if the
+        node socket has something."""
         lock = self.lock
         with lock:
             if self.queue:          # the io thread read calls meanwhile
-                return True
+                return False
             self.main_waits = True
         try:
-            events = self.poller.poll(timeout)
+            events = poller.poll(timeout)
         finally:
             lock.acquire()
             self.main_waits = False
@@ -144,33 +171,33 @@ class DirectServer:
                     self._serve(fd, ev)
         finally:
             lock.release()
-        if node:
-            reader.read(_DONTWAIT)
-        return True
+        return node
 
     def drain(self) -> None:
         """Read every connection now (before a call from the node runs)."""
         with self.lock:
             self._read_all()
 
-    def read_while_busy(self) -> None:
-        """(the io thread, on its ticks) While the main thread runs calls,
-        read what callers sent, so that a caller's socket never fills: its
-        ``.remote()`` never waits for this actor."""
+    def while_busy(self) -> None:
+        """(the io thread, on its ticks) While the main thread runs calls:
+        read what callers sent, so that a caller's socket never fills (its
+        ``.remote()`` never waits for this actor), and send the results
+        queued meanwhile (a long call does not hold back the ones before)."""
         lock = self.lock
         if not lock.acquire(False):
             return
         try:
             if not self.main_waits and not self.closed:
                 self._read_all()
+                self._flush()
         finally:
             lock.release()
 
     def _read_all(self) -> None:
         if self.new:
             self._adopt()
-        for fd in list(self.conns):
-            self._serve(fd, _IN)
+        for conn in list(self.conns.values()):
+            self._serve(conn.fd, _IN | _OUT if conn.polled_out else _IN)
 
     def _adopt(self) -> None:
         try:
@@ -220,20 +247,29 @@ class DirectServer:
                 queue.append((msg[1], conn))
 
     def reply(self, conn, msg) -> None:
-        """Queue ``msg`` for the caller of ``conn`` (``flush`` sends it)."""
-        if self.conns.get(conn.fd) is not conn:
-            return          # that caller is gone
-        out = conn.out
-        if out is None:
-            out = conn.out = bytearray()
-            self.waiting.append(conn)
-        out += P.encode(msg)
-        if len(out) >= FLUSH_BYTES and not conn.polled_out:
-            self._send(conn)
+        """Queue ``msg`` for the caller of ``conn`` (``flush``, or the io
+        thread within its tick, sends it)."""
+        frame = P.encode(msg)
+        with self.lock:
+            if self.conns.get(conn.fd) is not conn:
+                return          # that caller is gone
+            out = conn.out
+            if out is None:
+                out = conn.out = bytearray()
+                self.waiting.append(conn)
+                self.client.arm_io()        # its tick sends it if a long call starts
+            out += frame
+            if len(out) >= FLUSH_BYTES and not conn.polled_out:
+                self._send(conn)
 
     def flush(self) -> None:
         """Send the queued replies, as far as the sockets take them now
         (the rest goes when POLLOUT says so)."""
+        if self.waiting:
+            with self.lock:
+                self._flush()
+
+    def _flush(self) -> None:
         waiting = self.waiting
         while waiting:
             conn = waiting.pop()
@@ -247,8 +283,9 @@ class DirectServer:
         except BlockingIOError:
             n = 0
         except OSError:
-            self._close(conn)
-            return
+            # The caller is gone; its calls still in the socket run all the
+            # same (the node has them): the reads close the connection.
+            n = len(out)
         if n:
             del out[:n]
         if out:

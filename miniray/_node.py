@@ -25,7 +25,6 @@ says STOP (SHUTDOWN, or its owning driver gone), after stopping every worker.
 from __future__ import annotations
 
 import gc
-import hmac
 import itertools
 import json
 import mmap
@@ -46,7 +45,7 @@ from ._node_state import NodeState
 from ._store.arena import Prefault, create_arena_file
 from ._store.spill_files import SpillFiles
 from ._transport import (MAGIC, NONCE_LEN, DIGEST_LEN, CHALLENGE_LEN, CLIENT_PROOF_LEN,
-                         client_proof, node_proof, listen, parse_address)
+                         client_proof, compare_digest, node_proof, listen, parse_address)
 
 M = P.M
 EVENT_READ = selectors.EVENT_READ
@@ -417,7 +416,7 @@ class NodeServer(_node_tls.TLSLinks):
         got = bytes(buf[NONCE_LEN:CLIENT_PROOF_LEN])
         rest = bytes(buf[CLIENT_PROOF_LEN:])
         buf.clear()
-        if not hmac.compare_digest(got, client_proof(self.token, conn.nonce, client_nonce)):
+        if not compare_digest(got, client_proof(self.token, conn.nonce, client_nonce)):
             peer = conn.peer or "a local process"
             if client_nonce + got == _tls.TLS_NOTICE:
                 log(f"refused a connection from {peer}: it uses TLS and this node does not. "
@@ -626,7 +625,7 @@ class NodeServer(_node_tls.TLSLinks):
             conn.dialing[1] = buf
             return None
         node_nonce, nonce = nonces
-        if not hmac.compare_digest(buf[:DIGEST_LEN], node_proof(self.token, node_nonce, nonce)):
+        if not compare_digest(buf[:DIGEST_LEN], node_proof(self.token, node_nonce, nonce)):
             log(f"the process at {address} could not prove it holds this cluster's token: "
                 f"link refused, nothing it sent was read")
             self._close(conn)

@@ -57,10 +57,13 @@ class DirectCalls:
             if a is not None and a.state != "dead":
                 a.inflight[t.tid] = t
             self._finish(t, wclient, done)
+            self._pins(done, st.table.unpin)        # sealed now: its entry holds them
             return
         if a is None or a.state == "dead":
             tasks.fail(t, a.death if a is not None else ActorDiedError(
                 "the actor is unknown to this node (it died and was forgotten)"))
+            # Its worker may still report it (it ran before the death): dropped then.
+            self.ended[t.tid] = client
             return
         w = a.worker
         if w is None or w.pid != pid or w.client is None:
@@ -75,13 +78,35 @@ class DirectCalls:
         """DIRECT_DONE from the worker: finish the call, or keep it until
         the caller's DIRECT_CALL comes."""
         tid = msg[1]
-        t = self.st.tasks.tasks.get(tid)
-        if t is None or t.direct is None:
-            if self.ended.pop(tid, None) is None and t is None:
-                self.early[tid] = (client, msg)
+        st = self.st
+        t = st.tasks.tasks.get(tid)
+        if t is not None and t.direct is not None:
+            t.direct = None
+            self._finish(t, client, msg)
             return
-        t.direct = None
-        self._finish(t, client, msg)
+        if self.ended.pop(tid, None) is not None or t is not None:
+            return      # ended here already, or the node runs it again itself
+        caller = st.clients.get(msg[4])
+        if caller is None or caller.closed:
+            self._drop(client, msg)     # its caller left: no DIRECT_CALL will come
+            return
+        # Refs inside its results stay alive until it is sealed: the worker's
+        # DECREFs of them may come first.
+        self._pins(msg, st.table.pin)
+        self.early[tid] = (client, msg)
+
+    @staticmethod
+    def _pins(done, act) -> None:
+        for r in done[2]:
+            for oid in r[3] or ():
+                act(oid)
+
+    def _drop(self, wclient, done) -> None:
+        """Forget a DIRECT_DONE nobody will claim: its arena ranges go back."""
+        if not wclient.closed:
+            for r in done[2]:
+                if r[2] is None:
+                    self.st.on_abort_alloc(wclient, (M.ABORT_ALLOC, r[0]))
 
     def _finish(self, t, client, msg) -> None:
         st = self.st
@@ -104,22 +129,21 @@ class DirectCalls:
             self.ended[t.tid] = w
 
     def client_gone(self, client) -> None:
-        if self.ended and client.worker is not None:
+        if self.ended:
             w = client.worker
-            for tid in [tid for tid, ew in self.ended.items() if ew is w]:
+            for tid in [tid for tid, ew in self.ended.items() if ew is client or
+                        (w is not None and ew is w)]:
                 del self.ended[tid]
         early = self.early
         if not early:
             return
+        unpin = self.st.table.unpin
         for tid, (wclient, done) in list(early.items()):
             in_arena = any(r[2] is None for r in done[2])
             if done[4] == client.cid or (wclient is client and in_arena):
                 del early[tid]
-                if in_arena and wclient is not client and not wclient.closed:
-                    for r in done[2]:
-                        if r[2] is None:
-                            st = self.st
-                            st.on_abort_alloc(wclient, (M.ABORT_ALLOC, r[0]))
+                self._drop(wclient, done)
+                self._pins(done, unpin)
 
     def calls_pending(self, client, aid) -> bool:
         """Has ``client`` calls to actor ``aid`` the node has not finished
@@ -132,6 +156,6 @@ class DirectCalls:
             if t.submitter is client:
                 return True
         for t in a.inflight.values():
-            if t.submitter is client:
+            if t.submitter is client and t.direct is None:     # (its direct ones may run)
                 return True
         return False

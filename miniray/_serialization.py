@@ -48,7 +48,6 @@ import pickle
 import struct
 import threading
 
-import cloudpickle
 
 from ._ids import ObjectRef
 from .exceptions import SerializationError
@@ -211,6 +210,7 @@ def registry_snapshot() -> bytes:
     """All current registrations, cloudpickled, for shipping to workers."""
     with _registry_lock:
         items = [(cls, e.kind, e.serializer, e.deserializer) for cls, e in _registry.items()]
+    import cloudpickle
     return cloudpickle.dumps(items, protocol=PROTOCOL)
 
 
@@ -335,45 +335,58 @@ def _arrow_from_ipc(buf, kind):
 # ---------------------------------------------------------------------------
 # The pickler
 # ---------------------------------------------------------------------------
-_cp_reducer_override = cloudpickle.Pickler.reducer_override
+_Pickler = None       # made on first use (``_pickler_class``)
 
 
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle's pickler (dynamic functions/classes by value, importable
-    ones by reference) plus our registry, ObjectRef tracking and the
-    numpy/Arrow out-of-band rules.  Never used by two threads at once."""
+def _pickler_class():
+    """The pickler class, made on first use: importing cloudpickle costs
+    ~3 MiB of RSS, which a node (it pickles only its own errors) and a
+    worker that has run nothing yet need not pay."""
+    global _Pickler
+    if _Pickler is not None:
+        return _Pickler
+    import cloudpickle
+    _cp_reducer_override = cloudpickle.Pickler.reducer_override
 
-    def __init__(self, file):
-        self._bufs = []
-        self._refs = []
-        self.busy = False
-        super().__init__(file, protocol=PROTOCOL, buffer_callback=self._bufs.append)
+    class _Pickler(cloudpickle.Pickler):
+        """cloudpickle's pickler (dynamic functions/classes by value, importable
+        ones by reference) plus our registry, ObjectRef tracking and the
+        numpy/Arrow out-of-band rules.  Never used by two threads at once."""
 
-    def reducer_override(self, obj):
-        t = type(obj)
-        entry = _registry.get(t)
-        if entry is not None:
-            return _custom_reduce(entry, obj)
-        if t is ObjectRef:
-            oid = obj._id
-            self._refs.append(oid)
-            return (ObjectRef, (oid,))
-        mod = getattr(t, "__module__", None)
-        if mod == "numpy":
-            r = _numpy_reduce(obj)
-            if r is not NotImplemented:
-                return r
-        elif mod == "pyarrow.lib":
-            r = _arrow_reduce(obj)
-            if r is not NotImplemented:
-                return r
-        return _cp_reducer_override(self, obj)
+        def __init__(self, file):
+            self._bufs = []
+            self._refs = []
+            self.busy = False
+            super().__init__(file, protocol=PROTOCOL, buffer_callback=self._bufs.append)
 
-    def reset(self):
-        self.clear_memo()
-        self.globals_ref.clear()
-        self._bufs.clear()
-        self._refs.clear()
+        def reducer_override(self, obj):
+            t = type(obj)
+            entry = _registry.get(t)
+            if entry is not None:
+                return _custom_reduce(entry, obj)
+            if t is ObjectRef:
+                oid = obj._id
+                self._refs.append(oid)
+                return (ObjectRef, (oid,))
+            mod = getattr(t, "__module__", None)
+            if mod == "numpy":
+                r = _numpy_reduce(obj)
+                if r is not NotImplemented:
+                    return r
+            elif mod == "pyarrow.lib":
+                r = _arrow_reduce(obj)
+                if r is not NotImplemented:
+                    return r
+            return _cp_reducer_override(self, obj)
+
+        def reset(self):
+            self.clear_memo()
+            self.globals_ref.clear()
+            self._bufs.clear()
+            self._refs.clear()
+
+    globals()["_Pickler"] = _Pickler
+    return _Pickler
 
 
 class _NullFile:
@@ -389,7 +402,7 @@ _local = threading.local()
 
 def _fresh_pickler():
     out = io.BytesIO()
-    p = _Pickler(out)
+    p = _pickler_class()(out)
     p.out = out
     return p
 
@@ -437,7 +450,7 @@ def serialize(obj, *, where: str = "value") -> SerializedObject:
 def _try_dump(obj):
     """Pickle ``obj`` on its own into nothing; return the error or None."""
     try:
-        _Pickler(_NullFile()).dump(obj)
+        _pickler_class()(_NullFile()).dump(obj)
     except Exception as exc:
         return exc
     return None

@@ -22,7 +22,6 @@ user_stacklevel).
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import os
 import warnings
@@ -31,6 +30,7 @@ from . import _serialization as ser
 from ._call_site import note as note_call_site
 from ._ids import ObjectRef, new_task_id, object_id_for
 from ._protocol import M
+from ._transport import _blake2b
 from ._runtime import FIRST_JOB, user_stacklevel
 from ._task_kind import ACTOR_INIT, TaskKind
 from ._task_spec import TASK_ID
@@ -62,7 +62,7 @@ def function_blob(fn, what):
     names it in messages ("remote function 'f'")."""
     blob = ser.dumps(fn, where=what)
     _check_blob_size(len(blob), what)
-    return hashlib.blake2b(blob, digest_size=16).digest(), blob
+    return _blake2b(blob, digest_size=16).digest(), blob
 
 
 def _check_blob_size(size, what):

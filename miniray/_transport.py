@@ -5,11 +5,11 @@ to leak when a process is killed) or TCP (``tcp:host:port``).  Every
 connection authenticates *both ways* before either side unpickles a byte:
 each side proves it holds the cluster token over a fresh nonce of the other.
 
-    node   -> client   b"MRAY2" + node nonce Nn (32 bytes)
-    client -> node     client nonce Nc (32) + HMAC(token, "client" Nn Nc) (32)
+    node   -> client   b"MRAY3" + node nonce Nn (32 bytes)
+    client -> node     client nonce Nc (32) + MAC(token, "client" Nn Nc) (32)
                        + frame HELLO        (the node reads it only once the
                                              client's proof matched)
-    node   -> client   HMAC(token, "node" Nc Nn) (32) + frame WELCOME, with the
+    node   -> client   MAC(token, "node" Nc Nn) (32) + frame WELCOME, with the
                        arena's fd by SCM_RIGHTS on Unix sockets (the client
                        reads the frame only once the node's proof matched)
 
@@ -25,8 +25,6 @@ runs inside the TLS channel.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import socket
 import struct
@@ -35,10 +33,18 @@ from . import _protocol as P
 from . import _tls
 from .exceptions import RaySystemError
 
+try:
+    # The built-in BLAKE2 (and compare): hashlib and hmac would map
+    # OpenSSL's libcrypto into every process (3.3 MiB of RSS each).
+    from _blake2 import blake2b as _blake2b
+except ImportError:         # a Python built without it: hashlib's
+    from hashlib import blake2b as _blake2b
+from _operator import _compare_digest as compare_digest
+
 __all__ = ["MAGIC", "NONCE_LEN", "DIGEST_LEN", "make_token", "digest",
            "parse_address", "listen", "connect_client"]
 
-MAGIC = b"MRAY2"
+MAGIC = b"MRAY3"
 NONCE_LEN = 32
 DIGEST_LEN = 32
 CHALLENGE_LEN = len(MAGIC) + NONCE_LEN
@@ -50,7 +56,11 @@ def make_token() -> bytes:
 
 
 def digest(token: bytes, nonce: bytes) -> bytes:
-    return hmac.new(token, nonce, hashlib.sha256).digest()
+    """A MAC of ``nonce`` under the token: keyed BLAKE2b (a MAC by design;
+    the key is the token's own 64-byte BLAKE2b, as a token may be any
+    text)."""
+    key = _blake2b(token, digest_size=64).digest()
+    return _blake2b(nonce, key=key, digest_size=DIGEST_LEN).digest()
 
 
 def client_proof(token: bytes, node_nonce: bytes, client_nonce: bytes) -> bytes:
@@ -183,7 +193,7 @@ def connect_client(address: str, token: bytes, hello: tuple, *, timeout: float =
                 if len(buf) < DIGEST_LEN:
                     continue
                 proof, buf = buf[:DIGEST_LEN], buf[DIGEST_LEN:]
-                if not hmac.compare_digest(proof, node_proof(token, node_nonce, client_nonce)):
+                if not compare_digest(proof, node_proof(token, node_nonce, client_nonce)):
                     raise ConnectionError(
                         f"the process at {address} could not prove it holds this cluster's "
                         f"token: it is not this cluster's node (nothing it sent was read)")
@@ -216,7 +226,7 @@ def serve_handshake(sock: socket.socket, token: bytes, timeout: float = 5.0):
     sock.sendall(MAGIC + node_nonce)
     got = _recv_exact(sock, CLIENT_PROOF_LEN)
     client_nonce, proof = got[:NONCE_LEN], got[NONCE_LEN:]
-    if not hmac.compare_digest(proof, client_proof(token, node_nonce, client_nonce)):
+    if not compare_digest(proof, client_proof(token, node_nonce, client_nonce)):
         raise ConnectionError("a peer could not prove it holds the cluster token")
     sock.sendall(node_proof(token, node_nonce, client_nonce))
     reader = P.FrameReader()
@@ -247,7 +257,7 @@ def connect_peer(address: str, token: bytes, hello: tuple, timeout: float = 2.0)
         sock.sendall(client_nonce + client_proof(token, node_nonce, client_nonce)
                      + P.encode(hello))
         proof = _recv_exact(sock, DIGEST_LEN)
-        if not hmac.compare_digest(proof, node_proof(token, node_nonce, client_nonce)):
+        if not compare_digest(proof, node_proof(token, node_nonce, client_nonce)):
             raise ConnectionError(f"the process at {address} could not prove it holds this "
                                   f"cluster's token (nothing it sent was read)")
         reader = P.FrameReader()

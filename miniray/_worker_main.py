@@ -279,7 +279,7 @@ class Worker:
             print(f"miniray: actor {self.state.actor_name} takes its calls through the node "
                   f"only ({exc})", file=sys.stderr)
             return
-        client.on_quiet = self.direct.read_while_busy
+        client.on_quiet = self.direct.while_busy
 
     def assign_gpus(self, resources) -> None:
         """The GPU ids of the task or actor about to start, from EXECUTE's
@@ -436,10 +436,11 @@ class Worker:
         if self.direct_replies:
             conn = self.direct_replies.pop(tid, None)
             if conn is not None:
-                # Both leave when no more direct calls wait (``flush_direct``),
-                # or with the next message to the node: a burst of calls
-                # answers in a few writes.
-                self.client.send_later((M.DIRECT_DONE, tid, results, retryable, conn.cid))
+                # The node hears at once (this process may die in its next
+                # call); the caller's result is queued: it leaves when no
+                # more direct calls wait (``flush_direct``), or within the io
+                # thread's tick (``DirectServer.while_busy``).
+                self.client.send((M.DIRECT_DONE, tid, results, retryable, conn.cid))
                 self.direct.reply(conn, (M.DIRECT_RESULT, tid, results, retryable))
                 return
         self.client.send((M.TASK_DONE, tid, results, retryable, note))
