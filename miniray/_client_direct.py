@@ -58,10 +58,11 @@ ASK_EVERY_S = 0.02                # at most one CALLS_PENDING per actor in this 
 FLUSH_BYTES = 64 * 1024           # queued calls beyond this go out at once
 CLOSE_FLUSH_S = 5.0               # at shutdown, longest wait for an actor to take queued calls
 CONNECT_TIMEOUT_S = 1.0
+IDLE_CHECK_S = 0.001              # a channel unused this long is read before a call
 
 
 class _Channel:
-    __slots__ = ("aid", "sock", "reader", "pid", "lock", "closed", "buf")
+    __slots__ = ("aid", "sock", "reader", "pid", "lock", "closed", "buf", "used")
 
     def __init__(self, aid, sock, pid):
         self.aid = aid
@@ -71,6 +72,7 @@ class _Channel:
         self.reader = None
         self.closed = False
         self.buf = bytearray()      # calls not sent yet (``flush``)
+        self.used = time.monotonic()    # when the last call went
 
 
 class DirectCalls:
@@ -91,10 +93,19 @@ class DirectCalls:
         through the node instead (nothing was sent)."""
         aid = spec[S.ACTOR_ID]
         ch = self.channels.get(aid)
+        now = time.monotonic()
+        if ch is not None and now - ch.used > IDLE_CHECK_S:
+            # Quiet for a while: read what came (an actor that died since
+            # closed it, and this call then goes to the node, which queues
+            # it for the restarted actor instead of failing it as lost).
+            ch.reader.poll_now()
+            if ch.closed:
+                ch = None
         if ch is None:
             ch = self._open(aid)
             if ch is None:
                 return False
+        ch.used = now
         if aid in self.routed and not self._routed_done(aid):
             return False
         tid = spec[S.TASK_ID]

@@ -181,17 +181,23 @@ class DirectServer:
     def while_busy(self) -> None:
         """(the io thread, on its ticks) While the main thread runs calls:
         read what callers sent, so that a caller's socket never fills (its
-        ``.remote()`` never waits for this actor), and send the results
-        queued meanwhile (a long call does not hold back the ones before)."""
+        ``.remote()`` never waits for this actor), send the results queued
+        meanwhile (a long call does not hold back the ones before), and
+        read the node's messages."""
         lock = self.lock
         if not lock.acquire(False):
             return
         try:
-            if not self.main_waits and not self.closed:
-                self._read_all()
-                self._flush()
+            if self.main_waits or self.closed:
+                return
+            self._read_all()
+            self._flush()
         finally:
             lock.release()
+        # And the node's messages (a call through the node waits its turn
+        # among direct ones: ``Worker.run``); read after the callers', so
+        # a caller's earlier direct calls are queued first.
+        self.client.poll_now()
 
     def _read_all(self) -> None:
         if self.new:

@@ -221,9 +221,19 @@ class Worker:
         direct_q = self.direct_q
         has_work = lambda: queue or direct_q      # noqa: E731
         wait_until = self.client.wait_until
+        before_node = None      # direct calls to run before the node's message at the head
         while True:
-            if direct_q:
-                # Calls straight from their callers go first (see _direct_server).
+            if queue and before_node is None and self.direct is not None:
+                # A message from the node waits: the direct calls read by now
+                # go first (a caller's earlier calls run before its later
+                # call through the node), then it; later ones wait their
+                # turn (a caller that keeps the actor busy starves no one).
+                self.flush_direct()
+                self.direct.drain()
+                before_node = len(direct_q)
+            if direct_q and (before_node is None or before_node > 0):
+                if before_node is not None:
+                    before_node -= 1
                 self.run_direct(*direct_q.popleft())
                 continue
             if not queue:
@@ -235,11 +245,7 @@ class Worker:
                 if not (queue or direct_q):   # the connection closed: this process is ending
                     break
                 continue
-            if self.direct is not None:
-                self.flush_direct()
-                self.direct.drain()
-                if direct_q:
-                    continue
+            before_node = None
             msg = queue.popleft()
             if msg[0] == M.EXIT:
                 break

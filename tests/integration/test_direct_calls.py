@@ -221,3 +221,119 @@ def test_direct_channel_refuses_a_wrong_token(ray_start):
     with pytest.raises(ConnectionError):
         connect_peer(address_for(a._actor_id), b"not the token" * 3, hello)
     assert miniray.get(a.add.remote("still serving")) == "still serving"
+
+
+def test_refs_inside_direct_results_stay_alive(ray_start):
+    """The worker's DECREF of a ref it returned may reach the node before
+    the caller registers the call: the ref must survive (every round)."""
+    a = Log.remote()
+    served(a)
+    for i in range(40):
+        inner = miniray.get(a.nested.remote(i))[0]
+        assert miniray.get(inner, timeout=10) == i
+
+
+def test_a_call_through_the_node_is_not_starved_by_a_busy_caller(ray_factory):
+    ray_factory(num_cpus=3)
+
+    @miniray.remote
+    class Worky:
+        def pid(self):
+            return os.getpid()
+
+        def work(self, x):
+            time.sleep(0.002)
+            return x
+
+    @miniray.remote
+    def flood(a, seconds):
+        end = time.monotonic() + seconds
+        refs, n = [], 0
+        while time.monotonic() < end:
+            refs.append(a.work.remote(n))
+            n += 1
+            if len(refs) >= 50:
+                miniray.get(refs[:25])
+                refs = refs[25:]
+        miniray.get(refs)
+        return n
+
+    w = Worky.remote()
+    miniray.get(w.pid.remote())
+    f = flood.remote(w, 8.0)
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    assert miniray.get(w.work.remote(miniray.put(7)), timeout=30) == 7   # through the node
+    assert time.monotonic() - t0 < 4.0          # not after the whole flood
+    assert miniray.get(f) > 100
+
+
+def test_a_serial_actor_using_futures_still_answers_direct_calls(ray_start):
+    @miniray.remote
+    def seven():
+        return 7
+
+    @miniray.remote
+    class UsesFutures:
+        def pid(self):
+            return os.getpid()
+
+        def via_future(self):
+            return seven.remote().future().result(timeout=10)
+
+        def echo(self, x):
+            return x
+
+    u = UsesFutures.remote()
+    served(u)
+    assert miniray.get(u.via_future.remote(), timeout=20) == 7
+    for i in range(5):
+        assert miniray.get(u.echo.remote(i), timeout=10) == i
+
+
+def test_a_call_made_after_a_crash_runs_on_the_restarted_actor(ray_start):
+    @miniray.remote(max_restarts=3)
+    class Restarts:
+        def pid(self):
+            return os.getpid()
+
+    r = Restarts.remote()
+    for _ in range(2):
+        served(r)
+        pid = miniray.get(r.pid.remote())
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+        assert miniray.get(r.pid.remote(), timeout=30) != pid
+
+
+def test_calls_queued_when_a_driver_exits_still_run(ray_start):
+    from tests.conftest import run_driver
+    a = Log.options(name="log", namespace="direct").remote()
+    served(a)
+    address = _runtime.current().client.address
+    out = run_driver(f"""
+        import time, miniray
+        from miniray import _runtime
+        miniray.init(address={address!r}, namespace="direct")
+        a = miniray.get_actor("log")
+        for _ in range(200):
+            r = a.pid.remote()
+            direct = r.id in _runtime.current().client.direct.pending
+            miniray.get(r)
+            if direct:
+                break
+            time.sleep(0.02)
+        a.sleep.remote(1.0)
+        time.sleep(0.1)
+        for i in range(100):
+            a.add.remote(i, b"p" * 50_000)      # 5 MB queued behind the sleep
+        print("queued", sum(len(c.buf) for c in _runtime.current().client.direct.channels.values()))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) > 0          # some were still queued at exit
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if len(miniray.get(a.log.remote())) == 100:
+            break
+        time.sleep(0.2)
+    assert miniray.get(a.log.remote()) == list(range(100))
