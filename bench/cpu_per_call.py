@@ -71,10 +71,14 @@ def run_once(calls: int) -> dict:
         def async_tasks():
             ray.get([f.remote() for _ in range(calls * 3)])
 
+        def async_actor():
+            ray.get([a.f.remote() for _ in range(calls * 3)])
+
         out = {}
         for name, body, n in (("sync task", sync_tasks, calls),
                               ("sync actor call", sync_actor, calls),
-                              ("async tasks", async_tasks, calls * 3)):
+                              ("async tasks", async_tasks, calls * 3),
+                              ("async actor calls", async_actor, calls * 3)):
             m = _measure(procs, body, n)
             workers_cpu = sum(v for k, v in m.items() if k.startswith("worker"))
             out[name] = {"wall": m["wall"], "driver": m["driver"], "node": m["node"],

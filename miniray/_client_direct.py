@@ -117,7 +117,8 @@ class DirectCalls:
         # next message to the node, or when the io thread flushes (within
         # 2 ms: the registration below wakes it), so a burst of calls goes
         # out in a few writes.
-        frame = P.encode((M.DIRECT_CALL, spec))
+        # One frame for both: the worker runs the spec, the node registers it.
+        frame = P.encode((M.DIRECT_CALL, spec, ch.pid))
         with _gate:
             with ch.lock:
                 if ch.closed:
@@ -135,7 +136,7 @@ class DirectCalls:
                 if broke:
                     self._lost(ch, None, force=True)
                 return False
-            self.client.send_later((M.DIRECT_CALL, spec, ch.pid))
+            self.client.send_later_frame(frame)
         return True
 
     def went_through_node(self, aid) -> None:
@@ -228,18 +229,21 @@ class DirectCalls:
         (a get takes them there), and stop waiting for them."""
         if msg[0] != M.DIRECT_RESULT:
             return
-        results, retryable = msg[2], msg[3]
         client = self.client
-        pending = self.pending
-        # Only results still waited for here: after a cancel the node's
-        # answer is the one that counts (``forget_call``).
-        taken = [r for r in results if pending.pop(r[0], None) is not None]
-        if not retryable and taken:
+        pop = self.pending.pop
+        keep = []
+        for _tid, results, retryable in msg[1]:
+            for r in results:
+                # Only results still waited for here: after a cancel the
+                # node's answer is the one that counts (``forget_call``).
+                if pop(r[0], None) is not None and not retryable and type(r[2]) is bytes:
+                    keep.append(r)
+        if keep:
             with client._refs_lock:
                 refs = client.local_refs
                 known = client.known_values
-                for oid, kind, data, _contained in taken:
-                    if type(data) is bytes and oid in refs:
+                for oid, kind, data, _contained in keep:
+                    if oid in refs:
                         known[oid] = (kind, data)
 
     def _lost(self, ch, exc, force=False) -> None:

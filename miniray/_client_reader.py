@@ -101,8 +101,9 @@ class SocketReader:
         ``interruptible=False`` (a worker waiting for its next task, where
         no interrupt has anything to act on): a leader on the main thread
         blocks in ``recv`` itself, saving the poll.  ``extra``: more to
-        wait on while leading (an actor's callers: ``_direct_server``), by
-        ``extra.lead_poll(self, deadline)``."""
+        wait on (an actor's callers: ``_direct_server``): while leading,
+        ``extra.lead_poll(self, deadline)``; while another thread leads,
+        ``extra.side_poll(deadline)`` instead of following."""
         lock = self._lock
         with _gate:
             while True:
@@ -114,9 +115,7 @@ class SocketReader:
                     lead = not self.reading and not self.permanent
                     if lead:
                         self.reading = True
-                    elif extra is not None:
-                        pass            # waits on ``extra`` alone (see below)
-                    else:
+                    elif extra is None:
                         waiter = _allocate_lock()
                         waiter.acquire()
                         self._waiters.append(waiter)

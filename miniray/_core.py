@@ -208,7 +208,10 @@ class CoreClient(ObjectsClient):
         the io thread wakes for it: a burst of submits reaches the node as a
         few large writes instead of one wake-up per task.
         """
-        frame = _encode(msg)
+        self.send_later_frame(_encode(msg))
+
+    def send_later_frame(self, frame) -> None:
+        """``send_later`` of a message encoded already."""
         err = None
         with _gate:
             with self._send_lock:

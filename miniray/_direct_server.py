@@ -46,7 +46,7 @@ M = P.M
 _IN = select.POLLIN
 _OUT = select.POLLOUT
 _DONTWAIT = socket.MSG_DONTWAIT
-FLUSH_BYTES = 64 * 1024     # queued replies beyond this go out at once
+FLUSH_RESULTS = 64          # queued results beyond this many go out at once
 
 
 def _timeout_ms(deadline) -> float:
@@ -60,13 +60,14 @@ def address_for(actor_id: bytes) -> str:
 
 
 class _Conn:
-    __slots__ = ("sock", "fd", "frames", "out", "cid", "polled_out")
+    __slots__ = ("sock", "fd", "frames", "results", "out", "cid", "polled_out")
 
     def __init__(self, sock, frames, cid):
         self.sock = sock
         self.fd = sock.fileno()
         self.frames = frames
-        self.out = None         # replies not sent yet
+        self.results = []       # (task id, results, retryable) not encoded yet
+        self.out = None         # encoded, not sent yet
         self.polled_out = False     # registered for POLLOUT (the socket was full)
         self.cid = cid          # the caller's connection id at the node
 
@@ -222,7 +223,7 @@ class DirectServer:
         conn = self.conns.get(fd)
         if conn is None:
             return
-        if ev & _OUT and conn.out:
+        if ev & _OUT and (conn.out or conn.results):
             self._send(conn)
         if not ev & ~_OUT:
             return
@@ -252,24 +253,23 @@ class DirectServer:
             if msg[0] == M.DIRECT_CALL:
                 queue.append((msg[1], conn))
 
-    def reply(self, conn, msg) -> None:
-        """Queue ``msg`` for the caller of ``conn`` (``flush``, or the io
-        thread within its tick, sends it)."""
-        frame = P.encode(msg)
+    def reply(self, conn, result) -> None:
+        """Queue ``result`` (task id, results, retryable) for the caller of
+        ``conn``: the results queued together leave as one DIRECT_RESULT
+        (``flush``, or the io thread within its tick)."""
         with self.lock:
             if self.conns.get(conn.fd) is not conn:
                 return          # that caller is gone
-            out = conn.out
-            if out is None:
-                out = conn.out = bytearray()
+            pending = conn.results
+            if not pending and conn.out is None:
                 self.waiting.append(conn)
-                self.client.arm_io()        # its tick sends it if a long call starts
-            out += frame
-            if len(out) >= FLUSH_BYTES and not conn.polled_out:
+                self.client.arm_io()        # its tick sends them if a long call starts
+            pending.append(result)
+            if len(pending) >= FLUSH_RESULTS and not conn.polled_out:
                 self._send(conn)
 
     def flush(self) -> None:
-        """Send the queued replies, as far as the sockets take them now
+        """Send the queued results, as far as the sockets take them now
         (the rest goes when POLLOUT says so)."""
         if self.waiting:
             with self.lock:
@@ -279,11 +279,21 @@ class DirectServer:
         waiting = self.waiting
         while waiting:
             conn = waiting.pop()
-            if conn.out and not conn.polled_out and self.conns.get(conn.fd) is conn:
+            if (conn.results or conn.out) and not conn.polled_out and \
+                    self.conns.get(conn.fd) is conn:
                 self._send(conn)
 
     def _send(self, conn) -> None:
+        if conn.results:
+            frame = P.encode((M.DIRECT_RESULT, conn.results))
+            conn.results = []
+            if conn.out is None:
+                conn.out = bytearray(frame)
+            else:
+                conn.out += frame
         out = conn.out
+        if out is None:
+            return
         try:
             n = conn.sock.send(out, _DONTWAIT)
         except BlockingIOError:

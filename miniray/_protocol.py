@@ -75,8 +75,9 @@ node -> client
 caller <-> actor worker (direct channels; see ``_client_direct``, ``_direct_server``)
   HELLO         "caller", pid, node_id, cid       -> WELCOME {pid} (or the worker closes: a
                                                   caller of another node, or not serving)
-  DIRECT_CALL   spec                              run this call (inline args, no deps)
-  DIRECT_RESULT task_id, results, retryable       its results (arena ones as data None: ask
+  DIRECT_CALL   spec, pid                         run this call (inline args, no deps); the
+                                                  same frame the caller queues for its node
+  DIRECT_RESULT [(task_id, results, retryable)]   calls' results (arena ones as data None: ask
                                                   the node; retryable: the node runs it again)
 
 node <-> node (peer links; see ``_node_cluster``)

@@ -447,7 +447,7 @@ class Worker:
                 # more direct calls wait (``flush_direct``), or within the io
                 # thread's tick (``DirectServer.while_busy``).
                 self.client.send((M.DIRECT_DONE, tid, results, retryable, conn.cid))
-                self.direct.reply(conn, (M.DIRECT_RESULT, tid, results, retryable))
+                self.direct.reply(conn, (tid, results, retryable))
                 return
         self.client.send((M.TASK_DONE, tid, results, retryable, note))
 
