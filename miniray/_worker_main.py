@@ -442,12 +442,16 @@ class Worker:
         if self.direct_replies:
             conn = self.direct_replies.pop(tid, None)
             if conn is not None:
-                # The node hears at once (this process may die in its next
-                # call); the caller's result is queued: it leaves when no
-                # more direct calls wait (``flush_direct``), or within the io
+                # The node hears before the next call starts (this process
+                # may die in it).  The caller's result is queued: alone (a
+                # caller waiting for it) it leaves first; in a burst, when no
+                # more direct calls wait (``flush_direct``) or within the io
                 # thread's tick (``DirectServer.while_busy``).
+                direct = self.direct
+                direct.reply(conn, (tid, results, retryable))
+                if not self.direct_q:
+                    direct.flush()
                 self.client.send((M.DIRECT_DONE, tid, results, retryable, conn.cid))
-                self.direct.reply(conn, (tid, results, retryable))
                 return
         self.client.send((M.TASK_DONE, tid, results, retryable, note))
 
