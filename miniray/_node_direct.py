@@ -37,7 +37,7 @@ from .exceptions import ActorDiedError
 M = P.M
 
 
-class DirectCalls:
+class DirectCallRegistry:
     def __init__(self, st):
         self.st = st
         self.early: dict = {}     # tid -> (worker's client, DIRECT_DONE message)

@@ -32,7 +32,7 @@ from . import _protocol as P
 from . import _task_spec as S
 from ._node_actors import ActorManager
 from ._node_cluster import ClusterState
-from ._node_direct import DirectCalls
+from ._node_direct import DirectCallRegistry
 from ._node_events import E, D
 from ._node_spill import SpillManager
 from ._node_tasks import TaskManager
@@ -101,7 +101,7 @@ class NodeState:
         self.start_failures = 0          # workers that died before HELLO, in a row
         self.tasks = TaskManager(self)
         self.actors = ActorManager(self)
-        self.direct = DirectCalls(self)
+        self.direct = DirectCallRegistry(self)
         self.cluster = ClusterState(self, config)
         self.report = StoreReport(self)      # LIST_OBJECTS / STORE_STATS, call sites
         self.queries = NodeQueries(self)
