@@ -66,9 +66,11 @@ class DirectCallRegistry:
             self.ended[t.tid] = client
             return
         w = a.worker
-        if w is None or w.pid != pid or w.client is None:
+        if w is None or w.pid != pid:
             st.actors.lost_in_flight(a, t)
             return
+        # (Its connection may be closed already: its exit, on its way, then
+        # fails or retries the call with the others it had, saying how it died.)
         t.state = "running"
         t.worker = w
         t.direct = w

@@ -147,3 +147,15 @@ def test_calls_pending_says_whether_the_asker_has_calls_unfinished():
     assert n.msgs(other, (M.QUERY, 3, Q.CALLS_PENDING, aid))[0][2][3] is False
     n.done(1, c)
     assert pending(4) is False
+
+
+def test_a_call_registered_between_its_workers_close_and_exit_fails_saying_how_it_died():
+    n = Node().pool()
+    d = n.driver()
+    aid, _ = alive_actor(n, d)
+    c = call_spec(aid)
+    n.handle((E.CLOSED, n.wc(1)))                       # its connection is gone first
+    assert register(n, d, c) == []
+    n.exited(1, "was killed by signal SIGKILL")
+    err = n.error(ret(c))
+    assert isinstance(err, ActorDiedError) and "SIGKILL" in str(err)
