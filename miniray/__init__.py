@@ -30,7 +30,9 @@ _LAZY = {
     "method": ".api", "nodes": ".api", "put": ".api", "remote": ".api", "shutdown": ".api",
     "wait": ".api",
     "register_custom_serializer": "._serialization",
-    "job_config": None, "util": None,          # submodules
+    # submodules (``miniray.actor.ActorHandle`` in type hints, as with Ray)
+    "actor": None, "api": None, "cluster_utils": None, "job_config": None,
+    "remote_function": None, "util": None,
 }
 
 

@@ -288,12 +288,25 @@ class DirectCalls:
 
     def forget_call(self, oid) -> None:
         """Read the outcome of the call making ``oid`` from the node (it was
-        cancelled: the node decides it)."""
+        cancelled: the node decides it, even if its result came already)."""
+        tid = oid[:-2]
         ch = self.pending.pop(oid, None)
         if ch is not None:
-            tid = oid[:-2]
             for other in [o for o, c in list(self.pending.items()) if c is ch and o[:-2] == tid]:
                 self.pending.pop(other, None)
+        known = self.client.known_values
+        if known:
+            with self.client._refs_lock:
+                for other in [o for o in known if o[:-2] == tid]:
+                    known.pop(other, None)
+
+    def send_queued(self, oids) -> None:
+        """Send the queued calls that make ``oids`` (blocking: the worker
+        reads while busy)."""
+        pending = self.pending
+        for ch in {pending.get(oid) for oid in oids} - {None}:
+            if ch.buf:
+                self._flush_channel(ch)
 
     def poll(self) -> None:
         """(io thread, when quiet) read results nobody waits for."""

@@ -217,6 +217,10 @@ class ObjectsClient:
             return range(len(oids))
         if check is not None:
             check()
+        if self.direct.pending:
+            # The node answers for direct calls: those still queued here must
+            # reach their actor first.
+            self.direct.send_queued(oids)
         local = [i for i, oid in enumerate(oids) if oid in known or oid in ready]
         if len(local) >= num_returns:
             return local

@@ -547,7 +547,8 @@ class CoreClient(ObjectsClient):
                 # Nap (long poll) unless submits came recently; set the flag
                 # before looking at the queue so send_later cannot miss it.
                 self._io_napping = True
-                long_nap = not (self._later or monotonic() - self._last_later < LATER_ACTIVE)
+                long_nap = not (self._later or self.direct.unsent or
+                                monotonic() - self._last_later < LATER_ACTIVE)
                 if not long_nap:
                     self._io_napping = False
                     events = poller.poll(LATER_DELAY_MS)
@@ -565,7 +566,8 @@ class CoreClient(ObjectsClient):
                         self.on_quiet()
                     if forgets:
                         self._answer_forgets()
-                    if self._ops or self._later or self._drops or self._soon:
+                    if self._ops or self._later or self._drops or self._soon or \
+                            self.direct.unsent:
                         self.flush_later()
                     continue
                 for fd, _ in events:

@@ -134,19 +134,25 @@ class DirectServer:
         caller leads ``reader``, the node socket's); read what came."""
         if self._wait(self.poller, _timeout_ms(deadline)):
             reader.read(_DONTWAIT)
-        return True
+        return deadline is None or time.monotonic() < deadline
 
     def side_poll(self, deadline) -> bool:
         """Wait for a call from a caller while another thread reads the
         node socket (the io thread leads it for good once the actor used
-        futures): at most 5 ms, so that what that thread queued is seen."""
+        futures); that thread's messages wake it (``wake_main``)."""
         poller = select.poll()
         poller.register(self.wake, _IN)
         for conn in list(self.conns.values()):
             poller.register(conn.fd, _IN | _OUT if conn.polled_out else _IN)
-        timeout = _timeout_ms(deadline)
-        self._wait(poller, 5 if timeout < 0 else min(5, timeout))
+        self._wait(poller, _timeout_ms(deadline))
         return deadline is None or time.monotonic() < deadline
+
+    def wake_main(self) -> None:
+        """A message from the node was queued by another thread: a main
+        thread waiting in ``side_poll`` looks again (``lead_poll`` reads
+        the node socket itself and needs no wake-up)."""
+        if self.client._reader.permanent:
+            os.eventfd_write(self.wake, 1)
 
     def _wait(self, poller, timeout) -> bool:
         """Poll, then serve what is ready (under ``lock``); True if the
@@ -246,12 +252,12 @@ class DirectServer:
     def _take(self, conn) -> None:
         ready = conn.frames.ready
         queue = self.queue
-        if self.stopped:
-            ready.clear()
         while ready:
             msg = ready.popleft()
             if msg[0] == M.DIRECT_CALL:
                 queue.append((msg[1], conn))
+        if self.stopped:        # (checked after: EXIT may be read meanwhile)
+            queue.clear()
 
     def reply(self, conn, result) -> None:
         """Queue ``result`` (task id, results, retryable) for the caller of

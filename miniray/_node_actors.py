@@ -352,6 +352,7 @@ class ActorManager:
         if t.retries_left and t.retries_left > 0:
             t.retries_left -= 1
         t.state = "ready"
+        t.direct = None
         a.queue.append(t)
         self.pump(a)
 
@@ -450,6 +451,7 @@ class ActorManager:
                     t.retries_left -= 1
                 t.state = "ready"
                 t.worker = None
+                t.direct = None     # runs again through the node (and counts as pending there)
                 a.queue.appendleft(t)
             # The constructor task has no return objects, so the (maybe gone)
             # creator's connection is only named, never written to.  Its

@@ -62,8 +62,6 @@ class DirectCallRegistry:
         if a is None or a.state == "dead":
             tasks.fail(t, a.death if a is not None else ActorDiedError(
                 "the actor is unknown to this node (it died and was forgotten)"))
-            # Its worker may still report it (it ran before the death): dropped then.
-            self.ended[t.tid] = client
             return
         w = a.worker
         if w is None or w.pid != pid:
@@ -89,8 +87,11 @@ class DirectCallRegistry:
         if self.ended.pop(tid, None) is not None or t is not None:
             return      # ended here already, or the node runs it again itself
         caller = st.clients.get(msg[4])
-        if caller is None or caller.closed:
-            self._drop(client, msg)     # its caller left: no DIRECT_CALL will come
+        w = client.worker
+        if caller is None or caller.closed or w is None or w.actor is None:
+            # Its caller left (no DIRECT_CALL will come), or its actor is over
+            # (the registration, if it comes, fails the call as the others).
+            self._drop(client, msg)
             return
         # Refs inside its results stay alive until it is sealed: the worker's
         # DECREFs of them may come first.

@@ -171,14 +171,19 @@ class Worker:
         if tag == M.EXIT:
             # The actor is over for the node: calls straight from callers
             # no longer run (the node fails them; their channels break).
-            self.direct_q.clear()
+            # ``stopped`` first: a read in progress drops what it takes.
             if self.direct is not None:
                 self.direct.stopped = True
+            self.direct_q.clear()
             self.queue.append(msg)
+            if self.direct is not None:
+                self.direct.wake_main()
             if msg[1] == "node connection lost":
                 os._exit(1)
             return
         self.queue.append(msg)
+        if self.direct is not None:
+            self.direct.wake_main()     # (when it waits on callers alone: side_poll)
 
     def revoke(self, tids) -> None:
         """REVOKE: the node takes back tasks it sent to run after the
@@ -234,7 +239,11 @@ class Worker:
             if direct_q and (before_node is None or before_node > 0):
                 if before_node is not None:
                     before_node -= 1
-                self.run_direct(*direct_q.popleft())
+                try:
+                    call = direct_q.popleft()
+                except IndexError:      # an EXIT read on another thread emptied it
+                    continue
+                self.run_direct(*call)
                 continue
             if not queue:
                 if self.direct is not None:

@@ -337,3 +337,22 @@ def test_calls_queued_when_a_driver_exits_still_run(ray_start):
             break
         time.sleep(0.2)
     assert miniray.get(a.log.remote()) == list(range(100))
+
+
+def test_calls_queued_behind_a_busy_actor_reach_it_without_a_get(ray_start):
+    """Calls the actor's socket could not take yet leave on the io thread's
+    ticks: another process waiting on one of them, or a wait here, is
+    answered without this process calling get."""
+    @miniray.remote
+    def first(refs):
+        return miniray.get(refs[0])
+
+    a = Log.remote()
+    served(a)
+    a.sleep.remote(1.5)
+    refs = [a.add.remote(i, b"x" * 50_000) for i in range(100)]
+    assert sum(len(ch.buf) for ch in client().direct.channels.values()) > 0
+    time.sleep(2.0)
+    assert miniray.get(first.remote([refs[-1]]), timeout=15) == 99
+    ready, _ = miniray.wait([refs[-2]], timeout=10)
+    assert len(ready) == 1

@@ -273,3 +273,13 @@ def test_unpicklable_cause_arrives_as_a_ray_error_that_says_so():
     assert "holding a lock" in str(err)              # the remote traceback keeps the text
     raised = err.as_instanceof_cause()
     assert isinstance(raised, RayTaskError) and raised.cause is err.cause
+
+
+def test_submodules_are_attributes_of_the_package():
+    """``miniray.actor.ActorHandle`` (a type hint in Ray programs) works
+    right after ``import miniray``, though the API loads lazily."""
+    code = ("import miniray; print(miniray.actor.ActorHandle.__name__, "
+            "miniray.api.get.__name__, miniray.remote_function.RemoteFunction.__name__, "
+            "miniray.util.ActorPool.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["ActorHandle", "get", "RemoteFunction", "ActorPool"]

@@ -159,3 +159,22 @@ def test_a_call_registered_between_its_workers_close_and_exit_fails_saying_how_i
     n.exited(1, "was killed by signal SIGKILL")
     err = n.error(ret(c))
     assert isinstance(err, ActorDiedError) and "SIGKILL" in str(err)
+
+
+def test_a_direct_call_retried_after_a_crash_counts_as_pending_through_the_node():
+    n = Node().pool()
+    d = n.driver()
+    aid, init = alive_actor(n, d, max_restarts=1, max_task_retries=1)
+    n.connect(2)
+    c = call_spec(aid, max_retries=1)
+    register(n, d, c)
+    n.exited(1)                                         # retried on the restarted actor
+
+    def pending(rid):
+        return n.msgs(d, (M.QUERY, rid, Q.CALLS_PENDING, aid))[0][2][3]
+
+    assert pending(1) is True               # a next call must not pass it
+    n.connect(3)
+    n.init_done(3, init)
+    n.done(3, c)
+    assert pending(2) is False and nothing_left(n)
