@@ -405,11 +405,18 @@ class ActorMethod:
             if fn is not None:
                 sig = _method_signature(cls, self._name, fn)
                 if sig is not None:
-                    try:
-                        sig.bind(*args, **kwargs)
-                    except TypeError as exc:
-                        raise TypeError(f"{self._qualname}.remote(): {exc} "
-                                        f"(signature: {self._name}{sig})") from None
+                    # Call shapes that bound once bind again (binding looks
+                    # at nothing else, and costs as much as the rest of a call).
+                    shape = (len(args), tuple(kwargs)) if kwargs else len(args)
+                    fits = _sig_fits.setdefault((cls, self._name), set())
+                    if shape not in fits:
+                        try:
+                            sig.bind(*args, **kwargs)
+                        except TypeError as exc:
+                            raise TypeError(f"{self._qualname}.remote(): {exc} "
+                                            f"(signature: {self._name}{sig})") from None
+                        if len(fits) < 64:
+                            fits.add(shape)
                     bind = sig.bind
         packed = pack_args(client, args, kwargs, f"'{self._qualname}'", bind)
         opts = self._options
@@ -421,6 +428,7 @@ class ActorMethod:
 
 
 _sig_cache: dict = {}
+_sig_fits: dict = {}     # (class, method) -> call shapes known to bind
 
 
 def _method_signature(cls, name, fn):
