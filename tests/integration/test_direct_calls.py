@@ -356,3 +356,36 @@ def test_calls_queued_behind_a_busy_actor_reach_it_without_a_get(ray_start):
     assert miniray.get(first.remote([refs[-1]]), timeout=15) == 99
     ready, _ = miniray.wait([refs[-2]], timeout=10)
     assert len(ready) == 1
+
+
+def test_threads_of_one_driver_share_channels(ray_start):
+    """Several threads call the same actors at once, sync and in bursts:
+    every result is its own call's, nothing hangs."""
+    import threading
+    actors = [Log.remote(), Log.remote()]
+    for a in actors:
+        served(a)
+    errors = []
+
+    def caller(k):
+        try:
+            for i in range(300):
+                a = actors[(k + i) % 2]
+                if i % 10 == 0:
+                    vals = [(k, i, j) for j in range(20)]
+                    assert miniray.get([a.add.remote(v) for v in vals], timeout=30) == vals
+                else:
+                    assert miniray.get(a.add.remote((k, i)), timeout=30) == (k, i)
+        except BaseException as exc:        # reported below, with the thread's index
+            errors.append((k, repr(exc)))
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    seen = miniray.get(actors[0].log.remote()) + miniray.get(actors[1].log.remote())
+    assert len(seen) == 4 * (270 + 30 * 20)
+    assert not client().direct.pending
