@@ -21,9 +21,11 @@ The two messages come on two connections, in either order:
 
 A task the node ends before its DIRECT_DONE (a cancel, the actor killed)
 is noted in ``ended`` so that its late DIRECT_DONE is dropped rather than
-taken for an early one.  A caller that disconnects before its DIRECT_CALL
-came leaves early entries no call will claim: dropped with it, as are a
-dead worker's early entries whose results are in the arena (the ranges
+taken for an early one.  An early DIRECT_DONE keeps the refs inside its
+results pinned until it is claimed (the worker's DECREFs of them may come
+first).  Early entries no call will claim are dropped: those of a caller
+that disconnected, those that come when the caller is gone or the actor
+is over, and a dead worker's whose results are in the arena (the ranges
 went with the worker; the call is then handled as lost in flight).
 
 Part of the node's pure state: no sockets, no clocks.
