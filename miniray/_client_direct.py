@@ -217,6 +217,12 @@ class DirectCalls:
                 delay = min(LAST_RETRY_S, retry[1] * 2) if retry is not None else FIRST_RETRY_S
                 self.retry_at[aid] = (time.monotonic() + delay, delay)
                 return None
+            if info.get("refused"):
+                # The actor lives on another node of this host: its calls go
+                # through the nodes for good.
+                sock.close()
+                self.retry_at[aid] = (float("inf"), LAST_RETRY_S)
+                return None
             self.retry_at.pop(aid, None)
             ch = _Channel(aid, sock, info["pid"])
             ch.reader = SocketReader(sock, frames, lambda msg: self._on_result(msg),

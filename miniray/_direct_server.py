@@ -114,6 +114,9 @@ class DirectServer:
                 hello, frames = serve_handshake(sock, self.token)
                 _, role, _pid, node_id, cid = hello
                 if role != "caller" or node_id != self.node_id:
+                    # A caller of another node on this host (its node must
+                    # register its calls): told, so that it stops trying.
+                    sock.sendall(P.encode((M.WELCOME, {"refused": "another node"})))
                     raise ConnectionError("not a caller of this node")
             except Exception:
                 sock.close()

@@ -73,8 +73,8 @@ node -> client
   OUTPUT        as above, to the job's driver     written to its sys.stdout / sys.stderr
 
 caller <-> actor worker (direct channels; see ``_client_direct``, ``_direct_server``)
-  HELLO         "caller", pid, node_id, cid       -> WELCOME {pid} (or the worker closes: a
-                                                  caller of another node, or not serving)
+  HELLO         "caller", pid, node_id, cid       -> WELCOME {pid}, or {refused: why} (a
+                                                  caller of another node: it stops trying)
   DIRECT_CALL   spec, pid                         run this call (inline args, no deps); the
                                                   same frame the caller queues for its node
   DIRECT_RESULT [(task_id, results, retryable)]   calls' results (arena ones as data None: ask

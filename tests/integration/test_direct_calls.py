@@ -389,3 +389,24 @@ def test_threads_of_one_driver_share_channels(ray_start):
     seen = miniray.get(actors[0].log.remote()) + miniray.get(actors[1].log.remote())
     assert len(seen) == 4 * (270 + 30 * 20)
     assert not client().direct.pending
+
+
+def test_a_caller_of_another_node_is_turned_away_once(local_cluster):
+    """An actor on another node of this host: its worker refuses the
+    driver's channel (the driver's node must register its calls), and the
+    driver stops trying; calls go through the nodes and keep their order."""
+    c = local_cluster(1, {"num_cpus": 1, "resources": {"B": 1}})
+    a = Log.options(resources={"B": 1}).remote()
+    miniray.get(a.pid.remote(), timeout=30)
+    deadline = time.monotonic() + 10
+    direct = client().direct
+    while time.monotonic() < deadline:
+        assert miniray.get(a.add.remote("x"), timeout=30) == "x"
+        if direct.retry_at.get(a._actor_id, (0,))[0] == float("inf"):
+            break
+        time.sleep(0.05)
+    assert direct.retry_at[a._actor_id][0] == float("inf")
+    assert a._actor_id not in direct.channels
+    refs = [a.add.remote(i) for i in range(50)]
+    assert miniray.get(refs, timeout=30) == list(range(50))
+    assert c.worker_nodes
