@@ -295,16 +295,23 @@ class DirectCalls:
     def forget_call(self, oid) -> None:
         """Read the outcome of the call making ``oid`` from the node (it was
         cancelled: the node decides it, even if its result came already)."""
+        # The call's returns are ``tid`` + 0, 1, ...: each is forgotten here
+        # (a walk that stops at the first index this process has nothing
+        # for, instead of a scan of every result it keeps).
         tid = oid[:-2]
-        ch = self.pending.pop(oid, None)
-        if ch is not None:
-            for other in [o for o, c in list(self.pending.items()) if c is ch and o[:-2] == tid]:
-                self.pending.pop(other, None)
-        known = self.client.known_values
-        if known:
-            with self.client._refs_lock:
-                for other in [o for o in known if o[:-2] == tid]:
-                    known.pop(other, None)
+        pending = self.pending
+        client = self.client
+        known = client.known_values
+        with client._refs_lock:
+            pending.pop(oid, None)
+            known.pop(oid, None)
+            for i in range(0x10000):
+                other = tid + i.to_bytes(2, "little")
+                if other == oid:
+                    continue
+                kept = known.pop(other, None)
+                if pending.pop(other, None) is None and kept is None:
+                    break
 
     def send_queued(self, oids) -> None:
         """Send the queued calls that make ``oids`` (blocking: the worker

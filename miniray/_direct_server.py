@@ -97,7 +97,7 @@ class DirectServer:
         # Reads of the connections happen under ``lock``: by the main thread
         # when it waits for work (``main_waits`` while it sleeps in poll:
         # the io thread must not take what would wake it), else by the io
-        # thread (``read_while_busy``).
+        # thread (``while_busy``).
         self.lock = threading.Lock()
         self.main_waits = False
         self.stopped = False        # EXIT came: calls read from now on are dropped

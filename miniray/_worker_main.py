@@ -233,7 +233,7 @@ class Worker:
                 # go first (a caller's earlier calls run before its later
                 # call through the node), then it; later ones wait their
                 # turn (a caller that keeps the actor busy starves no one).
-                self.flush_direct()
+                self.direct.flush()
                 self.direct.drain()
                 before_node = len(direct_q)
             if direct_q and (before_node is None or before_node > 0):
@@ -247,7 +247,7 @@ class Worker:
                 continue
             if not queue:
                 if self.direct is not None:
-                    self.flush_direct()
+                    self.direct.flush()     # results of a burst
                 # No task runs: a SIGINT has nothing to cancel, so the wait
                 # need not be interruptible (and skips a poll per task).
                 wait_until(has_work, interruptible=False, extra=self.direct)
@@ -273,13 +273,6 @@ class Worker:
         """A call that came straight from its caller: run, answer on ``conn``."""
         self.direct_replies[spec[S.TASK_ID]] = conn
         self.actor.dispatch(spec, (), spec[S.ARGS])
-
-    def flush_direct(self) -> None:
-        """Send what direct calls left queued: the node's DIRECT_DONEs
-        first (a caller that reads a result may pass its ref on at once),
-        then the callers' results."""
-        self.client.flush_later()
-        self.direct.flush()
 
     def serve_direct(self) -> None:
         """Once the constructor is done: take calls straight from callers,
@@ -454,7 +447,7 @@ class Worker:
                 # The node hears before the next call starts (this process
                 # may die in it).  The caller's result is queued: alone (a
                 # caller waiting for it) it leaves first; in a burst, when no
-                # more direct calls wait (``flush_direct``) or within the io
+                # more direct calls wait (``Worker.run``) or within the io
                 # thread's tick (``DirectServer.while_busy``).
                 direct = self.direct
                 direct.reply(conn, (tid, results, retryable))
