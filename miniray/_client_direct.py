@@ -59,13 +59,15 @@ FLUSH_BYTES = 64 * 1024           # queued calls beyond this go out at once
 CLOSE_FLUSH_S = 5.0               # at shutdown, longest wait for an actor to take queued calls
 CONNECT_TIMEOUT_S = 1.0
 IDLE_CHECK_S = 0.001              # a channel unused this long is read before a call
+LEASE_IDLE_S = 0.2                # a worker lease unused this long goes back to the node
 
 
 class _Channel:
-    __slots__ = ("aid", "sock", "reader", "pid", "lock", "closed", "buf", "used")
+    __slots__ = ("aid", "sock", "reader", "pid", "lock", "closed", "buf", "used", "lease")
 
-    def __init__(self, aid, sock, pid):
-        self.aid = aid
+    def __init__(self, aid, sock, pid, lease=None):
+        self.aid = aid          # the actor id, or ("lease", lease id)
+        self.lease = lease      # the _Lease it serves, for a leased worker
         self.sock = sock
         self.pid = pid
         self.lock = threading.Lock()
@@ -73,6 +75,26 @@ class _Channel:
         self.closed = False
         self.buf = bytearray()      # calls not sent yet (``flush``)
         self.used = time.monotonic()    # when the last call went
+
+
+class _Lease:
+    """A worker the node leased to this driver for tasks of one resource
+    shape (``_node_leases``): one call at a time goes straight to it."""
+
+    __slots__ = ("lid", "shape", "address", "pid", "fn_keys", "ch", "busy", "revoked",
+                 "returned", "used")
+
+    def __init__(self, lid, shape, pid, address, fn_keys):
+        self.lid = lid
+        self.shape = shape
+        self.pid = pid
+        self.address = address
+        self.fn_keys = set(fn_keys)     # functions the worker has the code of
+        self.ch = None
+        self.busy = False       # a call is out (its result not here yet)
+        self.revoked = False    # the node wants it back: returned once not busy
+        self.returned = False
+        self.used = time.monotonic()
 
 
 class DirectCalls:
@@ -86,6 +108,10 @@ class DirectCalls:
         self.pending: dict = {}       # result oid -> _Channel of its call
         self.unsent: set = set()      # channels with calls queued (``flush``)
         self._lock = threading.Lock()
+        self.leases: dict = {}        # resource shape -> _Lease
+        self.by_lid: dict = {}        # lease id -> _Lease
+        self.lease_lock = threading.Lock()
+        self.to_close: list = []      # channels of leases given back (closed by the io thread)
 
     # -- calling -------------------------------------------------------------------------
     def call(self, spec, n: int) -> bool:
@@ -138,6 +164,137 @@ class DirectCalls:
                 return False
             self.client.send_later_frame(frame)
         return True
+
+    def call_task(self, spec, n: int, blob) -> bool:
+        """Send the task to the worker leased for its shape, if this
+        process holds one that is free; False: send it through the node
+        (nothing was sent).  ``blob``: its function's code (the first call
+        of a function on a lease carries it)."""
+        lease = self.leases.get(spec[S.RESOURCES])
+        if lease is None:
+            return False
+        # All of it in the gate: a Ctrl-C must not leave the lease taken.
+        with _gate:
+            lock = self.lease_lock
+            with lock:
+                if lease.busy or lease.returned or lease.revoked:
+                    return False
+                lease.busy = True
+            ch = lease.ch
+            now = time.monotonic()
+            if ch is None:
+                ch = self._open_lease(lease)
+                if ch is None:
+                    return False
+            elif now - ch.used > IDLE_CHECK_S:
+                ch.reader.poll_now()        # its worker may have died since (then: ``_lost``)
+            lease.used = ch.used = now
+            tid = spec[S.TASK_ID]
+            pending = self.pending
+            oids = [tid + i.to_bytes(2, "little") for i in range(n)]
+            key = spec[S.FN_KEY]
+            node_frame = frame = P.encode((M.DIRECT_CALL, spec, lease.lid))
+            if key not in lease.fn_keys:
+                frame = P.encode((M.DIRECT_CALL, spec, lease.lid, blob))
+            # Under the lease's lock: its result (read by another thread)
+            # may give the lease back, which must reach the node after
+            # this registration.
+            with lock:
+                with ch.lock:
+                    ok = not ch.closed
+                    broke = False
+                    if ok:
+                        for oid in oids:
+                            pending[oid] = ch
+                        ch.buf += frame
+                        self.unsent.add(ch)
+                        if len(ch.buf) >= FLUSH_BYTES:
+                            broke = not self._write(ch, False)
+                if ok and not broke:
+                    lease.fn_keys.add(key)
+                    self.client.send_later_frame(node_frame)
+                else:
+                    lease.busy = False
+            if broke:
+                for oid in oids:
+                    pending.pop(oid, None)
+                self._lost(ch, None, force=True)
+        return ok and not broke
+
+    def _open_lease(self, lease):
+        try:
+            sock, info, frames = self._connect(lease.address)
+        except Exception:
+            info = None
+        if info is None or info.get("refused"):
+            if info is not None:
+                sock.close()
+            with _gate, self.lease_lock:
+                back = not lease.returned
+                lease.returned = True
+                lease.busy = False
+            if back:
+                self._give_back(lease)
+            return None
+        with self._lock:
+            ch = lease.ch = self._channel(("lease", lease.lid), sock, info["pid"], frames, lease)
+        return ch
+
+    def on_lease(self, msg) -> None:
+        """(the node's reader) LEASE_GRANTED or LEASE_REVOKE."""
+        if msg[0] == M.LEASE_GRANTED:
+            lid, shape, pid, address, fn_keys = msg[1:6]
+            shape = tuple(tuple(r) for r in shape)
+            lease = _Lease(lid, shape, pid, address, fn_keys)
+            if not self.enabled or shape in self.leases or self.client._closing:
+                lease.returned = True
+                self._give_back(lease)
+                return
+            self.by_lid[lid] = lease
+            self.leases[shape] = lease
+            return
+        lease = self.by_lid.get(msg[1])
+        if lease is None:
+            return
+        with _gate, self.lease_lock:
+            lease.revoked = True
+            if lease.busy or lease.returned:
+                return
+            lease.returned = True
+        self._give_back(lease)
+
+    def _give_back(self, lease, close=True) -> None:
+        """LEASE_RETURN (``lease.returned`` set by the caller): no call goes
+        to it from now on."""
+        if self.leases.get(lease.shape) is lease:
+            del self.leases[lease.shape]
+        self.by_lid.pop(lease.lid, None)
+        try:
+            self.client.send_later((M.LEASE_RETURN, lease.lid))
+        except Exception:
+            pass        # the node is gone: so is the lease
+        if close and lease.ch is not None:
+            self.to_close.append(lease.ch)
+            self.client.arm_io()
+
+    def return_idle(self) -> None:
+        """(io thread, when quiet) Give back leases unused for a while, and
+        close the channels of those given back."""
+        now = time.monotonic()
+        for lease in list(self.leases.values()):
+            if now - lease.used < LEASE_IDLE_S:
+                continue
+            with _gate, self.lease_lock:
+                if lease.busy or lease.returned:
+                    continue
+                lease.returned = True
+            self._give_back(lease)
+        to_close = self.to_close
+        while to_close:
+            ch = to_close.pop()
+            if ch.buf:
+                self._flush_channel(ch)
+            self._lost(ch, None)
 
     def went_through_node(self, aid) -> None:
         """A call of ``aid`` goes through the node: the next direct one
@@ -206,11 +363,8 @@ class DirectCalls:
             ch = self.channels.get(aid)
             if ch is not None:
                 return ch
-            client = self.client
-            hello = (M.HELLO, "caller", os.getpid(), client.node_id, client.cid)
             try:
-                sock, info, frames = connect_peer(address_for(aid), self.token, hello,
-                                                  timeout=CONNECT_TIMEOUT_S)
+                sock, info, frames = self._connect(address_for(aid))
             except Exception:
                 # Not serving (yet): its constructor runs, it restarts, or it
                 # lives on another node.
@@ -224,17 +378,35 @@ class DirectCalls:
                 self.retry_at[aid] = (float("inf"), LAST_RETRY_S)
                 return None
             self.retry_at.pop(aid, None)
-            ch = _Channel(aid, sock, info["pid"])
-            ch.reader = SocketReader(sock, frames, lambda msg: self._on_result(msg),
-                                     lambda exc: self._lost(ch, exc))
-            self.channels[aid] = ch
-            return ch
+            return self._channel(aid, sock, info["pid"], frames)
 
-    def _on_result(self, msg) -> None:
+    def _connect(self, address):
+        client = self.client
+        hello = (M.HELLO, "caller", os.getpid(), client.node_id, client.cid)
+        return connect_peer(address, self.token, hello, timeout=CONNECT_TIMEOUT_S)
+
+    def _channel(self, key, sock, pid, frames, lease=None):
+        ch = _Channel(key, sock, pid, lease)
+        ch.reader = SocketReader(sock, frames, lambda msg: self._on_result(msg, ch),
+                                 lambda exc: self._lost(ch, exc))
+        self.channels[key] = ch
+        return ch
+
+    def _on_result(self, msg, ch) -> None:
         """DIRECT_RESULT: keep the inline results this process holds refs to
         (a get takes them there), and stop waiting for them."""
         if msg[0] != M.DIRECT_RESULT:
             return
+        lease = ch.lease
+        if lease is not None:
+            # Its one call is done: the next may go (or it goes back).
+            with _gate, self.lease_lock:
+                lease.busy = False
+                back = lease.revoked and not lease.returned
+                if back:
+                    lease.returned = True
+            if back:
+                self._give_back(lease)
         client = self.client
         pop = self.pending.pop
         keep = []
@@ -263,8 +435,17 @@ class DirectCalls:
         self.unsent.discard(ch)
         if self.channels.get(ch.aid) is ch:
             del self.channels[ch.aid]
-        self.retry_at[ch.aid] = (time.monotonic() + FIRST_RETRY_S, FIRST_RETRY_S)
-        self.routed[ch.aid] = 0.0
+        lease = ch.lease
+        if lease is not None:
+            # Its worker died (the node retries or fails the call it had).
+            with _gate, self.lease_lock:
+                back = not lease.returned
+                lease.returned = True
+            if back:
+                self._give_back(lease, close=False)
+        else:
+            self.retry_at[ch.aid] = (time.monotonic() + FIRST_RETRY_S, FIRST_RETRY_S)
+            self.routed[ch.aid] = 0.0
         pending = self.pending
         for oid in [oid for oid, c in list(pending.items()) if c is ch]:
             pending.pop(oid, None)

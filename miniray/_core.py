@@ -562,6 +562,8 @@ class CoreClient(ObjectsClient):
                         reader.poll_now()
                     if long_nap and self.direct.channels:
                         self.direct.poll()      # results of direct calls nobody waits for
+                    if self.direct.leases or self.direct.to_close:
+                        self.direct.return_idle()   # worker leases unused for a while
                     if self.on_quiet is not None:
                         self.on_quiet()
                     if forgets:
@@ -634,6 +636,8 @@ class CoreClient(ObjectsClient):
         elif tag == M.FORGET:
             self._forgets.append(msg[1])        # the io thread answers (FORGOT ops)
             os.eventfd_write(self._wake, 1)
+        elif tag == M.LEASE_GRANTED or tag == M.LEASE_REVOKE:
+            self.direct.on_lease(msg)           # a worker of our own for tasks
         elif tag == M.BAD_FRAME or tag == M.WARNING:
             # BAD_FRAME: the node could not decode or handle a frame we sent
             # (a bug on one side); it dropped that frame only, so carry on,

@@ -1,4 +1,5 @@
-"""An actor's worker taking calls straight from their callers.
+"""A worker taking calls straight from their callers: an actor's, or one
+leased to a driver for its tasks (``_node_leases``).
 
     caller ── DIRECT_CALL ──► connection ──► Worker.direct_q ──► main thread runs it
     caller ◄─ DIRECT_RESULT ─────────────────────────────────────┘  and tells the node
@@ -55,8 +56,10 @@ def _timeout_ms(deadline) -> float:
     return max(0.0, (deadline - time.monotonic()) * 1000)
 
 
-def address_for(actor_id: bytes) -> str:
-    return "unix:@miniray-direct-" + actor_id.hex()
+def address_for(name: bytes) -> str:
+    """Where the worker of an actor (its id) or a leased worker (a random
+    name) takes direct calls."""
+    return "unix:@miniray-direct-" + name.hex()
 
 
 class _Conn:
@@ -73,12 +76,13 @@ class _Conn:
 
 
 class DirectServer:
-    def __init__(self, worker, actor_id: bytes, token: bytes, node_id):
+    def __init__(self, worker, name: bytes, token: bytes, node_id):
         self.worker = worker
         self.queue = worker.direct_q
         self.token = token
         self.node_id = node_id
-        family, sockaddr = parse_address(address_for(actor_id))
+        self.address = address_for(name)
+        family, sockaddr = parse_address(self.address)
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.bind(sockaddr)
         listener.listen(64)
@@ -258,6 +262,8 @@ class DirectServer:
         while ready:
             msg = ready.popleft()
             if msg[0] == M.DIRECT_CALL:
+                if len(msg) > 3:        # a leased worker's first call of a function
+                    self.worker.learn_function(msg[1], msg[3])
                 queue.append((msg[1], conn))
         if self.stopped:        # (checked after: EXIT may be read meanwhile)
             queue.clear()

@@ -1,5 +1,5 @@
-"""Direct actor calls, as the node sees them: calls it registers but never
-dispatches.
+"""Direct calls, as the node sees them: calls it registers but never
+dispatches (an actor's here; a leased worker's tasks: ``_node_leases``).
 
 A caller sends a call of a one-at-a-time actor straight to the actor's
 worker (``_client_direct``, ``_direct_server``), and tells the node with
@@ -53,6 +53,11 @@ class DirectCallRegistry:
         a = st.actors.actors.get(spec[S.ACTOR_ID])
         t = tasks.create(spec, client, actor=a)
         early = self.early.pop(t.tid, None)
+        if early is not None and a is None:
+            wclient, done = early       # a task on a leased worker (``_node_leases``)
+            st.leases.complete(t, wclient, done)
+            self._pins(done, st.table.unpin)
+            return
         if early is not None:
             wclient, done = early
             t.state = "running"
@@ -60,6 +65,9 @@ class DirectCallRegistry:
                 a.inflight[t.tid] = t
             self._finish(t, wclient, done)
             self._pins(done, st.table.unpin)        # sealed now: its entry holds them
+            return
+        if spec[S.ACTOR_ID] is None:
+            st.leases.on_call(client, msg, t)
             return
         if a is None or a.state == "dead":
             tasks.fail(t, a.death if a is not None else ActorDiedError(
@@ -83,6 +91,9 @@ class DirectCallRegistry:
         st = self.st
         t = st.tasks.tasks.get(tid)
         if t is not None and t.direct is not None:
+            if t.actor is None:
+                st.leases.on_done(client, msg, t)
+                return
             t.direct = None
             self._finish(t, client, msg)
             return
@@ -90,8 +101,8 @@ class DirectCallRegistry:
             return      # ended here already, or the node runs it again itself
         caller = st.clients.get(msg[4])
         w = client.worker
-        if caller is None or caller.closed or w is None or w.actor is None:
-            # Its caller left (no DIRECT_CALL will come), or its actor is over
+        if caller is None or caller.closed or w is None or (w.actor is None and w.lease is None):
+            # Its caller left (no DIRECT_CALL will come), or its actor (lease) is over
             # (the registration, if it comes, fails the call as the others).
             self._drop(client, msg)
             return

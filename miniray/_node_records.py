@@ -12,7 +12,7 @@ class Client:
     """A connected process, as the state sees it: what it holds."""
 
     __slots__ = ("cid", "role", "pid", "held", "views", "unsealed", "worker", "waiters",
-                 "closed", "peer", "places", "forgetting")
+                 "closed", "peer", "places", "forgetting", "lease_ok", "leases")
 
     def __init__(self, cid):
         self.cid = cid
@@ -27,6 +27,8 @@ class Client:
         self.waiters = set()
         self.closed = False
         self.peer = None        # the node id, for a link to another node
+        self.lease_ok = False   # a driver that takes worker leases (``_node_leases``)
+        self.leases = None      # resource shape -> its Lease, once it holds one
 
 
 class Worker:
@@ -34,13 +36,13 @@ class Worker:
 
     __slots__ = ("wid", "pid", "client", "state", "task", "fn_keys", "blocked", "actor",
                  "exit_desc", "idle_since", "kind", "calls", "queued", "revoking", "since",
-                 "turn", "batch")
+                 "turn", "batch", "lease", "lease_addr")
 
     def __init__(self, wid, now):
         self.wid = wid
         self.pid = None
         self.client = None
-        self.state = "starting"   # -> idle <-> busy | actor | exiting -> dead
+        self.state = "starting"   # -> idle <-> busy | leased | actor | exiting -> dead
         self.task = None
         self.fn_keys = set()
         self.blocked = 0
@@ -61,6 +63,10 @@ class Worker:
         self.since = now
         self.turn = now
         self.batch = []
+        # Leases (``_node_leases``): the one it serves, and where it takes
+        # direct calls once it said so (LEASE_READY).
+        self.lease = None
+        self.lease_addr = None
 
 
 class Waiter:

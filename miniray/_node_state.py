@@ -34,6 +34,7 @@ from ._node_actors import ActorManager
 from ._node_cluster import ClusterState
 from ._node_direct import DirectCallRegistry
 from ._node_events import E, D
+from ._node_leases import LeaseManager
 from ._node_spill import SpillManager
 from ._node_tasks import TaskManager
 from ._object_table import ObjectTable, READY, CREATING
@@ -102,6 +103,7 @@ class NodeState:
         self.tasks = TaskManager(self)
         self.actors = ActorManager(self)
         self.direct = DirectCallRegistry(self)
+        self.leases = LeaseManager(self)
         self.cluster = ClusterState(self, config)
         self.report = StoreReport(self)      # LIST_OBJECTS / STORE_STATS, call sites
         self.queries = NodeQueries(self)
@@ -141,6 +143,9 @@ class NodeState:
     def available_now(self) -> dict:
         """Free resources, with the store's free bytes as Ray reports them."""
         avail = self.resources.snapshot_available()
+        for shape in self.leases.idle_resources():     # taken back on demand
+            for k, v in shape:
+                avail[k] = round(avail.get(k, 0.0) + v, 9)
         if "object_store_memory" in avail:
             a = self.table.alloc
             avail["object_store_memory"] = float(a.capacity - a.used)
@@ -211,6 +216,8 @@ class NodeState:
         self.table.release_process(client, client.held, client.views, client.unsealed,
                                    client.places)
         self.direct.client_gone(client)
+        if client.leases:
+            self.leases.client_gone(client)
         self.actors.owner_gone(client)
         if client.role == "node":
             self.cluster.link_closed(client)
@@ -246,6 +253,8 @@ class NodeState:
             self.starting -= 1
             self.start_failures += 1
             self.actors.worker_start_failed(w, self.start_failures)
+        if w.lease is not None:
+            self.leases.worker_died(w)
         if w.task is not None:
             self.tasks.worker_died(w)
         if w.actor is not None:
@@ -342,6 +351,7 @@ class NodeState:
             return
         if role == "driver":
             job = self._new_job(client, info)
+            client.lease_ok = bool(info and info.get("leases"))
             if info and info.get("sys_path"):
                 self.sys_path = info["sys_path"]
                 for c in self.clients.values():
@@ -528,7 +538,8 @@ class NodeState:
     def _start_waiting(self, client, w) -> None:
         client.waiters.add(w)
         worker = client.worker
-        if worker is not None and (worker.task is not None or worker.actor is not None):
+        if worker is not None and (worker.task is not None or worker.actor is not None or
+                                   worker.lease is not None):
             w.blocking = True
             worker.blocked += 1
             if worker.blocked == 1:
@@ -708,6 +719,7 @@ class NodeState:
                 M.REVOKED: t.on_revoked,
                 M.ACTOR_CREATE: a.on_create, M.ACTOR_CALL: a.on_call, M.ACTOR_KILL: a.on_kill,
                 M.DIRECT_CALL: self.direct.on_call, M.DIRECT_DONE: self.direct.on_done,
+                M.LEASE_RETURN: self.leases.on_return, M.LEASE_READY: self.leases.on_ready,
                 M.SHUTDOWN: self.on_shutdown, M.BAD_FRAME: self.on_bad_frame,
                 # links between nodes
                 M.PEER_WELCOME: c.on_peer_welcome, M.NODE_STATUS: c.on_status,

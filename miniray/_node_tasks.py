@@ -380,6 +380,8 @@ class TaskManager(Pipelining):
                 if not gpus and self.durations and ready.peek(shape) is not None:
                     self.pipeline(shape)
         st.actors.schedule()
+        if st.leases.leases and (ready.count or st.actors.placing) and st.leases.revoke_all():
+            self.schedule()     # work waits: leased workers come back (some at once)
 
     def _grow_pool(self) -> None:
         """Start workers for ready tasks that could run now but have no idle
@@ -483,6 +485,8 @@ class TaskManager(Pipelining):
         if t.x is not None and t.origin is not None:
             st.cluster.task_finished_for_peer(t, results)
         self.forget(t)
+        if w is not None and t.actor is None and t.submitter.lease_ok:
+            st.leases.maybe_grant(w, t)     # its driver may call this worker directly next
 
     def _release_worker(self, w, t) -> None:
         st = self.st
@@ -662,6 +666,9 @@ class TaskManager(Pipelining):
     def worker_blocked(self, w) -> None:
         """A worker running a task waits in get/wait: lend its CPUs back so
         the tasks it waits for can run (nested tasks never deadlock)."""
+        if w.lease is not None:
+            self.st.leases.blocked(w)
+            return
         self.revoke(w, poke=False)  # tasks queued behind the blocked one come back (``pipeline``)
         t = w.task
         if t is not None and t.cpu and not t.lent:
@@ -671,6 +678,9 @@ class TaskManager(Pipelining):
 
     def worker_unblocked(self, w) -> None:
         """Take the lent CPUs back (possibly oversubscribing for a moment)."""
+        if w.lease is not None:
+            self.st.leases.unblocked(w)
+            return
         t = w.task
         if t is not None and t.lent:
             t.lent = False

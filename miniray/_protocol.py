@@ -46,6 +46,10 @@ client -> node
                                                   dispatch it (see ``_node_direct``)
   DIRECT_DONE   task_id, results, retryable, caller cid    (worker) a direct call finished;
                                                   as TASK_DONE, and it may come first
+  DIRECT_CALL   spec, lease id                    a task this process sent straight to the
+                                                  worker it leases (see ``_node_leases``)
+  LEASE_RETURN  lease id                          the caller gives a worker lease back
+  LEASE_READY   lease id, address | None          (worker) it serves direct calls there
   OUTPUT        job, stream (1 stdout | 2 stderr), text, cont, (name, pid, node_id, ip),
                 task_id | None     a worker's print, as whole lines (or a partial line at
                 a flush; ``cont``: its first line continues one already sent); the node
@@ -71,12 +75,20 @@ node -> client
   JOB           sys_path                          (to workers: a driver joined)
   WARNING       text                              print to the user (e.g. an infeasible task)
   OUTPUT        as above, to the job's driver     written to its sys.stdout / sys.stderr
+  LEASE_GRANTED lease id, shape, pid, address, fn keys    (to a driver) a worker of its own for
+                                                  tasks of that resource shape, until it
+                                                  gives it back (see ``_node_leases``)
+  LEASE_REVOKE  lease id                          give that lease back once its call is done
+  LEASE_SERVE   lease id                          (to a worker) take direct calls; answered
+                                                  by LEASE_READY
 
-caller <-> actor worker (direct channels; see ``_client_direct``, ``_direct_server``)
+caller <-> actor or leased worker (direct channels; see ``_client_direct``, ``_direct_server``)
   HELLO         "caller", pid, node_id, cid       -> WELCOME {pid}, or {refused: why} (a
                                                   caller of another node: it stops trying)
   DIRECT_CALL   spec, pid                         run this call (inline args, no deps); the
                                                   same frame the caller queues for its node
+  DIRECT_CALL   spec, lease id[, fn blob]         (to a leased worker) run this task; the
+                                                  function comes with its first call
   DIRECT_RESULT [(task_id, results, retryable)]   calls' results (arena ones as data None: ask
                                                   the node; retryable: the node runs it again)
 
@@ -177,6 +189,11 @@ class Msg(enum.IntEnum):
     DIRECT_CALL = 52
     DIRECT_DONE = 53
     DIRECT_RESULT = 54
+    LEASE_GRANTED = 55
+    LEASE_REVOKE = 56
+    LEASE_RETURN = 57
+    LEASE_SERVE = 58
+    LEASE_READY = 59
     CALL_SITE = 60
 
 

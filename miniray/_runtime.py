@@ -428,6 +428,8 @@ def _script_dir():
 def connect_driver(address, token, *, node_proc=None, namespace=None, session=None,
                    job_config=None, log_to_driver=True) -> Runtime:
     info = {"sys_path": driver_sys_path()}
+    if os.environ.get("MINIRAY_DIRECT_CALLS", "1") != "0":
+        info["leases"] = True       # its tasks may go straight to a leased worker
     if not log_to_driver:
         info["log_to_driver"] = False       # the node keeps this job's task output in its log
     client = CoreClient(address, token, "driver", info=info)

@@ -264,18 +264,28 @@ def job_extra(namespace, job_id, extra=None):
     return extra
 
 
-def submit_task(client, key, name, packed, fixed, namespace, job_id=FIRST_JOB):
+def submit_task(client, key, name, packed, fixed, namespace, job_id=FIRST_JOB, blob=None):
     """SUBMIT a function task; ``fixed`` = (num_returns, shape, retries,
     retry_exc, extra) from the options (extra: strategy, max_calls, or
-    None).  Returns its refs."""
-    n, shape, retries, retry_exc, extra = fixed
+    None).  ``blob``: the function's code (a leased worker may need it).
+    Returns its refs."""
+    n, shape, retries, retry_exc, node_opts = fixed
+    extra = node_opts
     if namespace is not None or job_id != FIRST_JOB:
         extra = job_extra(namespace, job_id, extra)
     spec = task_spec(_TASK, key, name, packed, n, shape, retries, retry_exc, extra=extra)
+    tid = spec[TASK_ID]
     if client.record_sites:          # RAY_record_ref_creation_sites=1 (off: nothing)
-        note_call_site(client, spec[TASK_ID])
+        note_call_site(client, tid)
+    refs = return_refs(tid, n)     # first: a direct answer is kept only for refs held
+    # Straight to a worker leased for its shape (``_client_direct``): inline
+    # args, no top-level refs, no options the node acts on.
+    direct = client.direct
+    if direct.leases and type(n) is int and n and node_opts is None and \
+            packed[0] is not None and not packed[2] and direct.call_task(spec, n, blob):
+        return refs
     client.send_later((_SUBMIT, spec))
-    return return_refs(spec[TASK_ID], n)
+    return refs
 
 
 def create_actor(client, key, class_name, packed, shape, *, is_async, max_concurrency,

@@ -258,6 +258,9 @@ class Worker:
             msg = queue.popleft()
             if msg[0] == M.EXIT:
                 break
+            if msg[0] == M.LEASE_SERVE:
+                self.serve_lease(msg[1])
+                continue
             if msg[0] == M.EXECUTE:
                 spec, blob, deps, args = msg[1], msg[2], msg[3], msg[4]
                 if blob is not None:
@@ -272,20 +275,48 @@ class Worker:
     def run_direct(self, spec, conn) -> None:
         """A call that came straight from its caller: run, answer on ``conn``."""
         self.direct_replies[spec[S.TASK_ID]] = conn
-        self.actor.dispatch(spec, (), spec[S.ARGS])
+        if self.actor is not None:
+            self.actor.dispatch(spec, (), spec[S.ARGS])
+        elif spec[S.ACTOR_ID] is None:
+            self.assign_gpus(None)
+            self.execute(spec, (), spec[S.ARGS])
+        else:       # an actor call sent to a worker that no longer is that actor's
+            self.fail_call(spec, RuntimeError("this worker runs no actor"))
+
+    def learn_function(self, spec, blob) -> None:
+        """(the direct server's reads) A leased worker's first call of a
+        function brings its code."""
+        self.state.functions[spec[S.FN_KEY]] = _LazyFunction(blob)
 
     def serve_direct(self) -> None:
         """Once the constructor is done: take calls straight from callers,
         if this actor runs one call at a time."""
+        if self.direct is not None:
+            # It served leases before it became this actor: those callers
+            # are gone (it was idle); its callers now find it by actor id.
+            self.client.on_quiet = None
+            self.direct.close()
+            self.direct = None
         if self.actor.threaded or os.environ.get("MINIRAY_DIRECT_CALLS", "1") == "0":
             return
+        self._start_direct(self.state.actor_id, f"actor {self.state.actor_name}")
+
+    def serve_lease(self, lid) -> None:
+        """LEASE_SERVE: take a driver's tasks straight from it (the node
+        leased this idle worker to it); LEASE_READY says where."""
+        if self.direct is None:
+            self._start_direct(os.urandom(16), "this worker")
+        addr = self.direct.address if self.direct is not None else None
+        self.client.send((M.LEASE_READY, lid, addr))
+
+    def _start_direct(self, name, who) -> None:
         from ._direct_server import DirectServer
         client = self.client
         try:
-            self.direct = DirectServer(self, self.state.actor_id, client.token, client.node_id)
+            self.direct = DirectServer(self, name, client.token, client.node_id)
         except OSError as exc:      # e.g. a stale process of the same actor still bound
-            print(f"miniray: actor {self.state.actor_name} takes its calls through the node "
-                  f"only ({exc})", file=sys.stderr)
+            print(f"miniray: {who} takes its calls through the node only ({exc})",
+                  file=sys.stderr)
             return
         client.on_quiet = self.direct.while_busy
 

@@ -90,7 +90,8 @@ class RemoteFunction:
         packed = pack_args(client, args, kwargs, f"'{self._name}'", sig.bind)
         # (A runtime stand-in in unit tests has no job: it counts as the first.)
         job = getattr(rt, "job_id", _runtime.FIRST_JOB)
-        return submit_task(client, self._key, task_name, packed, fixed, rt.namespace, job)
+        return submit_task(client, self._key, task_name, packed, fixed, rt.namespace, job,
+                           self._blob)
 
     def __reduce__(self):
         return (RemoteFunction, (self._function, self._options))

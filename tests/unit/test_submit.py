@@ -51,7 +51,7 @@ class FakeClient:
 
     inline_threshold = 100 * 1024
     record_sites = False        # RAY_record_ref_creation_sites off (``_call_site``)
-    direct = types.SimpleNamespace(enabled=False)    # every actor call goes to the node
+    direct = types.SimpleNamespace(enabled=False, leases={})    # every call goes to the node
 
     def __init__(self):
         self.sent = []
