@@ -39,6 +39,7 @@ import threading
 import time
 
 from . import _protocol as P
+from . import _serialization as ser
 from . import _task_spec as S
 from ._client_gate import gate as _gate
 from ._client_reader import SocketReader
@@ -63,7 +64,8 @@ LEASE_IDLE_S = 0.2                # a worker lease unused this long goes back to
 
 
 class _Channel:
-    __slots__ = ("aid", "sock", "reader", "pid", "lock", "closed", "buf", "used", "lease")
+    __slots__ = ("aid", "sock", "reader", "pid", "lock", "closed", "buf", "used", "lease",
+                 "registry")
 
     def __init__(self, aid, sock, pid, lease=None):
         self.aid = aid          # the actor id, or ("lease", lease id)
@@ -75,6 +77,7 @@ class _Channel:
         self.closed = False
         self.buf = bytearray()      # calls not sent yet (``flush``)
         self.used = time.monotonic()    # when the last call went
+        self.registry = 0       # the custom serializer registry version the worker got here
 
 
 class _Lease:
@@ -151,6 +154,8 @@ class DirectCalls:
                     ok = broke = False
                 else:
                     ok = True
+                    if ch.registry != self.client._serializers_sent:
+                        ch.buf += self._registry_frame(ch)
                     ch.buf += frame
                     self.unsent.add(ch)
                     if len(ch.buf) >= FLUSH_BYTES:
@@ -177,6 +182,13 @@ class DirectCalls:
         with _gate:
             lock = self.lease_lock
             with lock:
+                if lease.busy:
+                    # More than one task of this shape at a time: a burst,
+                    # which the node spreads over all its workers better.
+                    # The lease goes back once its call is done (the io
+                    # thread reads that result soon: ``return_idle``).
+                    lease.revoked = True
+                    self.client.arm_io()
                 if lease.busy or lease.returned or lease.revoked:
                     return False
                 lease.busy = True
@@ -206,6 +218,8 @@ class DirectCalls:
                     if ok:
                         for oid in oids:
                             pending[oid] = ch
+                        if ch.registry != self.client._serializers_sent:
+                            ch.buf += self._registry_frame(ch)
                         ch.buf += frame
                         self.unsent.add(ch)
                         if len(ch.buf) >= FLUSH_BYTES:
@@ -282,6 +296,9 @@ class DirectCalls:
         close the channels of those given back."""
         now = time.monotonic()
         for lease in list(self.leases.values()):
+            if lease.revoked and lease.busy and lease.ch is not None:
+                lease.ch.reader.poll_now()      # its result gives it back
+                continue
             if now - lease.used < LEASE_IDLE_S:
                 continue
             with _gate, self.lease_lock:
@@ -295,6 +312,13 @@ class DirectCalls:
             if ch.buf:
                 self._flush_channel(ch)
             self._lost(ch, None)
+
+    def _registry_frame(self, ch) -> bytes:
+        """The custom serializer registry, ahead of a call on ``ch`` (the
+        node forwards it to the worker too, but on another connection: a
+        direct call could overtake it)."""
+        ch.registry = self.client._serializers_sent
+        return P.encode((M.SERIALIZERS, ser.registry_snapshot()))
 
     def went_through_node(self, aid) -> None:
         """A call of ``aid`` goes through the node: the next direct one

@@ -555,10 +555,12 @@ class CoreClient(ObjectsClient):
                 else:
                     events = poller.poll(200)
                 if not events:
-                    if long_nap and not leading:
+                    if (long_nap or self.direct.leases) and not leading:
                         # Idle 200 ms: read what arrived if nobody reads (a
                         # process busy outside miniray still answers FORGET
-                        # and shows its tasks' prints).
+                        # and shows its tasks' prints).  With a worker lease,
+                        # on every tick: a driver busy calling its leased
+                        # worker never reads the node, which may revoke it.
                         reader.poll_now()
                     if long_nap and self.direct.channels:
                         self.direct.poll()      # results of direct calls nobody waits for

@@ -48,6 +48,7 @@ _IN = select.POLLIN
 _OUT = select.POLLOUT
 _DONTWAIT = socket.MSG_DONTWAIT
 FLUSH_RESULTS = 64          # queued results beyond this many go out at once
+SIDE_POLL_MS = 50           # longest wait in ``side_poll`` before looking again
 
 
 def _timeout_ms(deadline) -> float:
@@ -131,9 +132,9 @@ class DirectServer:
             os.eventfd_write(self.wake, 1)
             try:
                 sock.sendall(P.encode((M.WELCOME, {"pid": os.getpid()})))
+                sock.setblocking(False)
             except OSError:
-                pass            # the caller left: its socket reads as closed
-            sock.setblocking(False)
+                pass            # the caller left (its socket reads as closed, or was closed)
 
     # -- the main thread -------------------------------------------------------------------
     def lead_poll(self, reader, deadline) -> bool:
@@ -151,15 +152,18 @@ class DirectServer:
         poller.register(self.wake, _IN)
         for conn in list(self.conns.values()):
             poller.register(conn.fd, _IN | _OUT if conn.polled_out else _IN)
-        self._wait(poller, _timeout_ms(deadline))
+        # Bounded: the caller looks at its condition again (and may lead
+        # the node socket by then) even if a wake-up went astray.
+        timeout = _timeout_ms(deadline)
+        self._wait(poller, SIDE_POLL_MS if timeout < 0 else min(timeout, SIDE_POLL_MS))
         return deadline is None or time.monotonic() < deadline
 
     def wake_main(self) -> None:
         """A message from the node was queued by another thread: a main
-        thread waiting in ``side_poll`` looks again (``lead_poll`` reads
-        the node socket itself and needs no wake-up)."""
-        if self.client._reader.permanent:
-            os.eventfd_write(self.wake, 1)
+        thread waiting in ``side_poll`` looks again.  (It waits there while
+        another thread leads the node socket: the io thread for good once
+        the actor used futures, or for one ``poll_now`` of its ticks.)"""
+        os.eventfd_write(self.wake, 1)
 
     def _wait(self, poller, timeout) -> bool:
         """Poll, then serve what is ready (under ``lock``); True if the
@@ -265,6 +269,8 @@ class DirectServer:
                 if len(msg) > 3:        # a leased worker's first call of a function
                     self.worker.learn_function(msg[1], msg[3])
                 queue.append((msg[1], conn))
+            elif msg[0] == M.SERIALIZERS:
+                self.client._handle(msg)        # applied before the calls that follow it
         if self.stopped:        # (checked after: EXIT may be read meanwhile)
             queue.clear()
 

@@ -53,9 +53,9 @@ class DirectCallRegistry:
         a = st.actors.actors.get(spec[S.ACTOR_ID])
         t = tasks.create(spec, client, actor=a)
         early = self.early.pop(t.tid, None)
-        if early is not None and a is None:
+        if early is not None and spec[S.ACTOR_ID] is None:
             wclient, done = early       # a task on a leased worker (``_node_leases``)
-            st.leases.complete(t, wclient, done)
+            st.leases.early_done(t, wclient, done)
             self._pins(done, st.table.unpin)
             return
         if early is not None:

@@ -38,7 +38,7 @@ M = P.M
 
 class Lease:
     __slots__ = ("lid", "client", "worker", "shape", "running", "state", "revoked", "lent",
-                 "desc")
+                 "desc", "orphans")
 
     def __init__(self, lid, client, worker, shape):
         self.lid = lid
@@ -53,6 +53,7 @@ class Lease:
         self.revoked = False
         self.lent = False       # its CPUs are lent (its worker waits in get)
         self.desc = None        # how its worker died
+        self.orphans = None     # tasks its worker submitted before its call's registration
 
 
 class LeaseManager:
@@ -136,7 +137,7 @@ class LeaseManager:
     def idle_resources(self):
         """The shapes idle leases hold (available to anyone who asks)."""
         return [lease.shape for lease in self.leases.values()
-                if not lease.running and lease.state in ("granting", "active")]
+                if not lease.running and not lease.lent and lease.state in ("granting", "active")]
 
     # -- calls ----------------------------------------------------------------------------
     def on_call(self, client, msg, t) -> None:
@@ -152,8 +153,31 @@ class LeaseManager:
         t.worker = w
         t.direct = w
         lease.running.append(t)
+        w.fn_keys.add(t.spec[S.FN_KEY])     # its code came with the call, if it was new there
         if w.task is None:
             w.task = t
+            if lease.orphans:
+                self._adopt(lease, t)
+
+    def _adopt(self, lease, t) -> None:
+        """Tasks the leased worker submitted before ``t``'s registration
+        came are ``t``'s (a recursive cancel reaches them)."""
+        tasks = self.st.tasks.tasks
+        for child in lease.orphans:
+            if child.parent is None and tasks.get(child.tid) is child:
+                child.parent = t
+                if t.children is None:
+                    t.children = {}
+                t.children[child.tid] = child
+        lease.orphans = None
+
+    def orphan(self, w, t) -> None:
+        """(from ``TaskManager.create``) The leased worker ``w`` submitted
+        ``t`` while running a call not registered yet."""
+        lease = w.lease
+        if lease.orphans is None:
+            lease.orphans = []
+        lease.orphans.append(t)
 
     def on_done(self, wclient, msg, t) -> None:
         """DIRECT_DONE of ``t`` (registered here): its results, or a retry."""
@@ -166,9 +190,19 @@ class LeaseManager:
             if t in running:
                 running.remove(t)
             w.task = running[0] if running else None
+            lease.orphans = None
         self.complete(t, wclient, msg)
         if lease is not None and lease.state == "returning" and not lease.running:
             self._end(lease)
+
+    def early_done(self, t, wclient, done) -> None:
+        """A DIRECT_DONE came before the registration of ``t``: it ran."""
+        w = wclient.worker
+        if w is not None:
+            w.fn_keys.add(t.spec[S.FN_KEY])
+            if w.lease is not None:
+                w.lease.orphans = None      # (the children of a finished call)
+        self.complete(t, wclient, done)
 
     def complete(self, t, wclient, done) -> None:
         """``t`` ran (DIRECT_DONE ``done``, which may have come before its
@@ -271,26 +305,28 @@ class LeaseManager:
         lease = w.lease
         w.lease = None
         w.task = None
-        if lease.state != "dead":
+        was = lease.state
+        if was != "dead":
             self._free(lease)
         lease.state = "dead"
         lease.desc = f"(pid={w.pid}) {w.exit_desc}"
         self._unlink(lease)
         running, lease.running = lease.running, []
-        if lease.client.closed:
+        if lease.client.closed or was in ("returning", "granting"):
+            # Given back already, or never known to its driver: no
+            # LEASE_RETURN will come for it.
             self.leases.pop(lease.lid, None)
         else:
             self.st.send(lease.client, (M.LEASE_REVOKE, lease.lid))
         tasks = self.st.tasks
-        target = tasks.killed_for.pop(w.wid, None) if tasks.killed_for else None
+        if tasks.killed_for:
+            tasks.killed_for.pop(w.wid, None)
+        # Each was started (the driver sends the next call only once it has
+        # the previous result, whose DIRECT_DONE the worker sent first):
+        # even one killed to cancel another spends a retry.
         for t in running:
             t.direct = None
             t.worker = None
-            if target is not None and target != t.tid and not t.cancelled:
-                # Killed to cancel another call: this one spends no retry.
-                t.state = "ready"
-                self.st.ready.push_front(t.shape, t)
-                continue
             self._lost(t, lease)
         self.st.schedule_needed = True
 

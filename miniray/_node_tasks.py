@@ -186,6 +186,8 @@ class TaskManager(Pipelining):
             if parent.children is None:
                 parent.children = {}
             parent.children[t.tid] = t
+        elif w is not None and w.lease is not None:
+            self.st.leases.orphan(w, t)     # its parent's registration is on its way
         return t
 
     def fail_returns(self, client, tid, num_returns, exc) -> None:

@@ -87,6 +87,7 @@ class TaskOutput:
         self._pending_from = None       # (job, name, tid) that wrote it
         self._open_job = None           # the job whose line was sent without its end
         self._local_line_start = True   # for output outside any task
+        self.emitted = False            # text sent since the owner last cleared it
 
     # -- the file interface -----------------------------------------------------------------
     def write(self, s) -> int:
@@ -154,6 +155,7 @@ class TaskOutput:
         cont = self._open_job == job
         self._open_job = None if text.endswith("\n") else job
         source = (name, self._pid, self._node_id, self._ip)
+        self.emitted = True
         try:
             self._send((M.OUTPUT, job, self._number, text, cont, source, tid))
         except Exception:

@@ -200,7 +200,7 @@ class Worker:
                 except ValueError:      # the main thread took it meanwhile: it runs here
                     continue
                 if msg[2] is not None:  # the function came with it: later EXECUTEs omit it
-                    self.state.functions[msg[1][S.FN_KEY]] = _LazyFunction(msg[2])
+                    self.state.functions.setdefault(msg[1][S.FN_KEY], _LazyFunction(msg[2]))
                 back.append(msg[1][S.TASK_ID])
         self.client.send_nowait((M.REVOKED, back))
 
@@ -263,8 +263,8 @@ class Worker:
                 continue
             if msg[0] == M.EXECUTE:
                 spec, blob, deps, args = msg[1], msg[2], msg[3], msg[4]
-                if blob is not None:
-                    self.state.functions[spec[S.FN_KEY]] = _LazyFunction(blob)
+                if blob is not None:    # (a function loaded already keeps its module state)
+                    self.state.functions.setdefault(spec[S.FN_KEY], _LazyFunction(blob))
                 if kind_of(spec) == _CALL:
                     self.actor.dispatch(spec, deps, args)
                 else:
@@ -286,7 +286,7 @@ class Worker:
     def learn_function(self, spec, blob) -> None:
         """(the direct server's reads) A leased worker's first call of a
         function brings its code."""
-        self.state.functions[spec[S.FN_KEY]] = _LazyFunction(blob)
+        self.state.functions.setdefault(spec[S.FN_KEY], _LazyFunction(blob))
 
     def serve_direct(self) -> None:
         """Once the constructor is done: take calls straight from callers,
@@ -470,21 +470,39 @@ class Worker:
     def finish(self, tid, results, retryable, note=None):
         # A line the task left unended goes first: its driver shows it
         # before the get returns.
-        self.stdout.task_ended()
-        self.stderr.task_ended()
+        stdout, stderr = self.stdout, self.stderr
+        stdout.task_ended()
+        stderr.task_ended()
+        printed = stdout.emitted or stderr.emitted
+        if printed:
+            stdout.emitted = stderr.emitted = False
         if self.direct_replies:
             conn = self.direct_replies.pop(tid, None)
             if conn is not None:
+                answer = results
+                if printed:
+                    # Its prints go through the node: so does its result (the
+                    # caller reads it there), so that they show before its get
+                    # returns, as for any task.
+                    answer = [(r[0], r[1], None, r[3]) for r in results]
                 # The node hears before the next call starts (this process
                 # may die in it).  The caller's result is queued: alone (a
                 # caller waiting for it) it leaves first; in a burst, when no
                 # more direct calls wait (``Worker.run``) or within the io
                 # thread's tick (``DirectServer.while_busy``).
                 direct = self.direct
-                direct.reply(conn, (tid, results, retryable))
+                done = (M.DIRECT_DONE, tid, results, retryable, conn.cid)
+                if self.actor is None:
+                    # A leased worker's task: the node hears first, so that it
+                    # never takes a call whose result its caller has for one
+                    # this process died in (the caller's next call comes only
+                    # after this result).
+                    self.client.send(done)
+                direct.reply(conn, (tid, answer, retryable))
                 if not self.direct_q:
                     direct.flush()
-                self.client.send((M.DIRECT_DONE, tid, results, retryable, conn.cid))
+                if self.actor is not None:
+                    self.client.send(done)
                 return
         self.client.send((M.TASK_DONE, tid, results, retryable, note))
 

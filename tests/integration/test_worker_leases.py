@@ -298,3 +298,128 @@ def test_a_driver_that_holds_a_lease_and_computes_starves_no_one(cluster):
         if first.poll() is None:
             first.kill()
             first.wait()
+
+
+def test_a_driver_busy_calling_its_leased_worker_still_gives_it_back(ray_factory, monkeypatch):
+    """It reads the node's revoke although its gets never ask the node."""
+    ray = ray_factory(num_cpus=1)
+    monkeypatch.setattr(_client_direct, "LEASE_IDLE_S", 3600.0)
+
+    @ray.remote
+    def started(x):
+        return time.monotonic()
+
+    leased()
+    arg = ray.put(1)
+    t0 = time.monotonic()
+    ref = started.remote(arg)       # a top-level ref: through the node, which needs the CPU
+    while time.monotonic() < t0 + 3:
+        ray.get(add.remote(1))      # the leased worker, as fast as it goes
+    assert ray.get(ref, timeout=30) - t0 < 1.5
+
+
+def test_a_function_keeps_its_module_state_across_leases(ray_factory):
+    ray = ray_factory(num_cpus=1)
+    counter = {"n": 0}
+
+    @ray.remote
+    def count():
+        counter["n"] += 1
+        return os.getpid(), counter["n"]
+
+    seen = []
+    for _ in range(3):
+        leased()
+        seen += [ray.get(count.remote()) for _ in range(3)]
+        deadline = time.monotonic() + 5
+        while client().direct.leases and time.monotonic() < deadline:
+            time.sleep(0.05)        # the lease goes back; the next one brings the code again
+    pids = {p for p, _ in seen}
+    assert len(pids) == 1           # one worker (one CPU)
+    assert [n for _, n in seen] == list(range(1, 10))     # loaded once there, never again
+
+
+def test_prints_of_direct_calls_show_before_their_get_returns():
+    """A leased task's or a direct actor call's prints travel through the
+    node; its result then does too, so the prints come first (as for any
+    task), and none is lost at exit."""
+    proc = run_driver("""
+        import miniray
+        miniray.init(num_cpus=2)
+
+        @miniray.remote
+        def f(i):
+            print("in f", i)
+            return i
+
+        @miniray.remote
+        class A:
+            def m(self, i):
+                print("in m", i)
+                return i
+
+        a = A.remote()
+        for i in range(20):
+            assert miniray.get(f.remote(i)) == i
+            print("got f", i, flush=True)
+        for i in range(20):
+            assert miniray.get(a.m.remote(i)) == i
+            print("got m", i, flush=True)
+        miniray.shutdown()
+    """)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split(") ", 1)[-1] for line in proc.stdout.splitlines()]
+    want = []
+    for name in "fm":
+        for i in range(20):
+            want += [f"in {name} {i}", f"got {name} {i}"]
+    assert lines == want, proc.stdout
+
+
+class Coin:
+    def __init__(self, cents):
+        self.cents = cents
+
+
+def test_a_serializer_registered_just_before_a_direct_call_applies_to_it(ray_start, monkeypatch):
+    """The registry travels on the direct channel ahead of the call (through
+    the node it might arrive after it)."""
+    monkeypatch.setattr(_client_direct, "LEASE_IDLE_S", 3600.0)     # kept between rounds
+    @miniray.remote
+    def cents(c):
+        return c    # (the worker serializes it back with the registry it has)
+
+    @miniray.remote
+    class Purse:
+        def cents(self, c):
+            return c
+
+    purse = Purse.remote()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:      # both paths direct (the actor serves)
+        ref = purse.cents.remote(Coin(0))
+        direct = ref.id in client().direct.pending
+        miniray.get(ref, timeout=30)
+        if direct:
+            break
+    leased()
+    miniray.get(cents.remote(Coin(0)))
+    node_pid = client().welcome["node_pid"]
+    for bonus in range(1, 4):
+        # With the node stopped, only the direct channels can carry it.
+        os.kill(node_pid, signal.SIGSTOP)
+        try:
+            miniray.util.register_serializer(
+                Coin, serializer=lambda c: c.cents, deserializer=lambda n, b=bonus: Coin(n + b))
+            # Each way through the rule: + bonus twice.
+            assert miniray.get(cents.remote(Coin(100)), timeout=10).cents == 100 + 2 * bonus
+            assert miniray.get(purse.cents.remote(Coin(100)), timeout=10).cents == 100 + 2 * bonus
+            miniray.util.deregister_serializer(Coin)
+            assert miniray.get(cents.remote(Coin(100)), timeout=10).cents == 100
+            assert miniray.get(purse.cents.remote(Coin(100)), timeout=10).cents == 100
+        finally:
+            os.kill(node_pid, signal.SIGCONT)
+        # The node forwards the same changes now, late: let them land before
+        # the next round (a registry change older than the worker's newest
+        # would undo it: a known limit, see docs/serialization.md).
+        time.sleep(0.3)

@@ -195,3 +195,66 @@ def test_a_lease_revoked_while_being_granted_ends_at_once():
     out = n.msgs(n.wc(1), (M.LEASE_READY, lid, ADDR))
     assert out == [] and n.worker(1).lease_addr == ADDR
 
+
+
+def test_a_dead_lease_given_back_or_never_granted_is_dropped_at_once():
+    n, d, lid = leased_node()
+    s = spec(max_retries=1)
+    register(n, d, s, lid)
+    n.msgs(d, (M.LEASE_RETURN, lid))            # given back; its call still runs
+    out = n.exited(1)
+    assert not [m for m in out if m[0] == SEND and m[1] == d]     # no revoke: nothing to return
+    assert lid not in n.st.leases.leases
+    n2 = Node().pool()
+    d2 = n2.driver(info=LEASING)
+    first = spec()
+    n2.submit(d2, first)
+    out = n2.done(1, first)
+    assert [m for m in out if m[0] == SEND and m[2][0] == M.LEASE_SERVE]
+    out = n2.exited(1)                          # dies while being granted
+    assert not [m for m in out if m[0] == SEND and m[1] == d2]
+    assert not n2.st.leases.leases
+
+
+def test_force_cancel_charges_a_finished_call_whose_done_never_came():
+    # (The worker sends a lease call's DIRECT_DONE before its result, so this
+    # needs the DONE lost; the call ran: it is not run again for free.)
+    n, d, lid = leased_node()
+    t1, t2 = spec("t1", max_retries=0), spec("t2", max_retries=0)
+    register(n, d, t1, lid)
+    register(n, d, t2, lid)
+    assert (D.KILL, 1) in n.msgs(d, (M.CANCEL, ret(t2), True, True))
+    out = n.exited(1) + n.connect_all()
+    assert not [m for m in out if m[0] == SEND and m[2][0] == M.EXECUTE]
+    assert isinstance(n.error(ret(t1)), WorkerCrashedError)
+    assert isinstance(n.error(ret(t2)), TaskCancelledError)
+
+
+def test_a_child_submitted_before_its_parents_registration_is_still_its_child():
+    n, d, lid = leased_node()
+    parent, child = spec("parent"), spec("child")
+    n.submit(n.wc(1), child)                    # the call submits before its registration came
+    register(n, d, parent, lid)
+    n.msgs(d, (M.CANCEL, ret(parent), False, True))
+    c = n.st.tasks.tasks.get(child[S.TASK_ID])
+    assert c is None or c.cancelled             # a recursive cancel reached it
+
+
+def test_a_function_that_came_with_a_call_is_not_sent_again():
+    n, d, lid = leased_node()
+    other = spec("g", key=b"other-key-000000")
+    register(n, d, other, lid)                  # its code came with the call
+    direct_done(n, 1, other, d)
+    assert b"other-key-000000" in n.worker(1).fn_keys
+    n.msgs(d, (M.LEASE_RETURN, lid))
+    again = spec("g", key=b"other-key-000000")
+    n.msgs(d, (M.REGISTER_FN, b"other-key-000000", b"code"))
+    assert (SEND, n.wc(1), execute(again, blob=None)) in n.submit(n.driver(), again)
+
+
+def test_an_idle_lease_lent_while_its_worker_waits_counts_once():
+    n, d, lid = leased_node()
+    child = spec("child")
+    n.submit(n.wc(1), child)
+    n.get(n.wc(1), 7, [ret(child)])             # lent: the CPU is free here
+    assert n.st.available_now()["CPU"] == 1.0   # not 2: an idle lease's CPU counted once
