@@ -104,6 +104,7 @@ class DirectServer:
         # the io thread must not take what would wake it), else by the io
         # thread (``while_busy``).
         self.lock = threading.Lock()
+        self.main_ident = worker.main_ident
         self.main_waits = False
         self.stopped = False        # EXIT came: calls read from now on are dropped
         threading.Thread(target=self._accept_loop, name="miniray-direct", daemon=True).start()
@@ -163,7 +164,8 @@ class DirectServer:
         thread waiting in ``side_poll`` looks again.  (It waits there while
         another thread leads the node socket: the io thread for good once
         the actor used futures, or for one ``poll_now`` of its ticks.)"""
-        os.eventfd_write(self.wake, 1)
+        if threading.get_ident() != self.main_ident:
+            os.eventfd_write(self.wake, 1)
 
     def _wait(self, poller, timeout) -> bool:
         """Poll, then serve what is ready (under ``lock``); True if the
@@ -202,6 +204,9 @@ class DirectServer:
         ``.remote()`` never waits for this actor), send the results queued
         meanwhile (a long call does not hold back the ones before), and
         read the node's messages."""
+        actor = self.worker.actor is not None
+        if not (actor or self.conns or self.new or self.waiting):
+            return      # (a pool worker between leases)
         lock = self.lock
         if not lock.acquire(False):
             return
@@ -212,10 +217,11 @@ class DirectServer:
             self._flush()
         finally:
             lock.release()
-        # And the node's messages (a call through the node waits its turn
-        # among direct ones: ``Worker.run``); read after the callers', so
-        # a caller's earlier direct calls are queued first.
-        self.client.poll_now()
+        # And an actor's node messages (a call through the node waits its
+        # turn among direct ones: ``Worker.run``); read after the callers',
+        # so a caller's earlier direct calls are queued first.
+        if actor:
+            self.client.poll_now()
 
     def _read_all(self) -> None:
         if self.new:

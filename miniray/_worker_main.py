@@ -228,7 +228,8 @@ class Worker:
         wait_until = self.client.wait_until
         before_node = None      # direct calls to run before the node's message at the head
         while True:
-            if queue and before_node is None and self.direct is not None:
+            if queue and before_node is None and self.direct is not None and \
+                    self.actor is not None:
                 # A message from the node waits: the direct calls read by now
                 # go first (a caller's earlier calls run before its later
                 # call through the node), then it; later ones wait their
