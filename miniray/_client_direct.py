@@ -138,10 +138,7 @@ class DirectCalls:
         if aid in self.routed and not self._routed_done(aid):
             return False
         tid = spec[S.TASK_ID]
-        pending = self.pending
         oids = [tid + i.to_bytes(2, "little") for i in range(n)]
-        for oid in oids:
-            pending[oid] = ch       # before the send: the answer may be read at once
         # Queued, like a submit: it leaves when a get waits for it, with the
         # next message to the node, or when the io thread flushes (within
         # 2 ms: the registration below wakes it), so a burst of calls goes
@@ -149,23 +146,12 @@ class DirectCalls:
         # One frame for both: the worker runs the spec, the node registers it.
         frame = P.encode((M.DIRECT_CALL, spec, ch.pid))
         with _gate:
-            with ch.lock:
-                if ch.closed:
-                    ok = broke = False
-                else:
-                    ok = True
-                    if ch.registry != self.client._serializers_sent:
-                        ch.buf += self._registry_frame(ch)
-                    ch.buf += frame
-                    self.unsent.add(ch)
-                    if len(ch.buf) >= FLUSH_BYTES:
-                        broke = not self._write(ch, False)
-                        ok = not broke
-            if not ok:
+            ok, broke = self._enqueue(ch, frame, oids)
+            if broke:
                 for oid in oids:
-                    pending.pop(oid, None)
-                if broke:
-                    self._lost(ch, None, force=True)
+                    self.pending.pop(oid, None)
+                self._lost(ch, None, force=True)
+            if not ok or broke:
                 return False
             self.client.send_later_frame(frame)
         return True
@@ -212,18 +198,7 @@ class DirectCalls:
             # may give the lease back, which must reach the node after
             # this registration.
             with lock:
-                with ch.lock:
-                    ok = not ch.closed
-                    broke = False
-                    if ok:
-                        for oid in oids:
-                            pending[oid] = ch
-                        if ch.registry != self.client._serializers_sent:
-                            ch.buf += self._registry_frame(ch)
-                        ch.buf += frame
-                        self.unsent.add(ch)
-                        if len(ch.buf) >= FLUSH_BYTES:
-                            broke = not self._write(ch, False)
+                ok, broke = self._enqueue(ch, frame, oids)
                 if ok and not broke:
                     lease.fn_keys.add(key)
                     self.client.send_later_frame(node_frame)
@@ -312,6 +287,25 @@ class DirectCalls:
             if ch.buf:
                 self._flush_channel(ch)
             self._lost(ch, None)
+
+    def _enqueue(self, ch, frame, oids=()) -> tuple:
+        """Queue a call's ``frame`` on ``ch`` (the caller is in the gate),
+        after the serializer registry if it changed since the last call
+        there; (queued, broke): the channel was closed, or broke when a
+        full queue was written out (its calls are then the node's)."""
+        with ch.lock:
+            if ch.closed:
+                return False, False
+            pending = self.pending
+            for oid in oids:
+                pending[oid] = ch       # before the send: the answer may be read at once
+            if ch.registry != self.client._serializers_sent:
+                ch.buf += self._registry_frame(ch)
+            ch.buf += frame
+            self.unsent.add(ch)
+            if len(ch.buf) >= FLUSH_BYTES and not self._write(ch, False):
+                return True, True
+        return True, False
 
     def _registry_frame(self, ch) -> bytes:
         """The custom serializer registry, ahead of a call on ``ch`` (the
