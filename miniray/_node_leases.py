@@ -31,7 +31,8 @@ from __future__ import annotations
 from . import _protocol as P
 from . import _task_spec as S
 from ._scheduler import gpu_amount
-from .exceptions import TaskCancelledError, WorkerCrashedError
+from ._node_tasks import crash_error
+from .exceptions import TaskCancelledError
 
 M = P.M
 
@@ -208,36 +209,24 @@ class LeaseManager:
         """``t`` ran (DIRECT_DONE ``done``, which may have come before its
         registration): seal its results, or queue it again if it raised an
         exception it retries on (through the node, like any task)."""
-        st = self.st
+        tasks = self.st.tasks
         if done[3] and t.retries_left > 0 and not t.cancelled:
-            t.retries_left -= 1
-            t.state = "ready"
-            st.ready.push_front(t.shape, t)
-            st.schedule_needed = True
+            tasks.again(t)
             return
-        st.tasks.seal_results(t, done[2], wclient)
-        st.tasks.forget(t)
+        tasks.seal_results(t, done[2], wclient)
+        tasks.forget(t)
 
     def _lost(self, t, lease) -> None:
         """A call sent to a leased worker that died: retried while retries
         remain, else WorkerCrashedError (as for a dispatched task)."""
-        st = self.st
+        tasks = self.st.tasks
         if t.cancelled:
-            st.tasks.fail(t, TaskCancelledError(t.tid.hex()))
-            return
-        if t.retries_left > 0:
-            t.retries_left -= 1
-            t.state = "ready"
-            st.ready.push_front(t.shape, t)
-            st.schedule_needed = True
-            return
-        desc = lease.desc if lease is not None and lease.desc else "died"
-        retries = t.spec[S.MAX_RETRIES]
-        st.tasks.fail(t, WorkerCrashedError(
-            f"the worker running task '{t.spec[S.NAME]}' {desc} while running it"
-            f"{f', and all {retries} retries failed the same way' if retries else ''}. "
-            f"A crash like this comes from the task itself (os._exit, a segfault in native "
-            f"code, running out of memory): check the task, or raise max_retries."))
+            tasks.fail(t, TaskCancelledError(t.tid.hex()))
+        elif t.retries_left > 0:
+            tasks.again(t)
+        else:
+            tasks.fail(t, crash_error(t, lease.desc if lease is not None and lease.desc
+                                      else "died"))
 
     # -- CPU lending (its worker waits in get) ---------------------------------------------
     def blocked(self, w) -> None:

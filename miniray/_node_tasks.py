@@ -111,6 +111,17 @@ class Task:
             st.tasks.deps_ready(self)
 
 
+def crash_error(t: Task, how: str) -> WorkerCrashedError:
+    """What a task gets whose worker died under it (``how``: its pid and
+    exit, e.g. "(pid=12) killed by SIGKILL"), its retries spent."""
+    retries = t.spec[S.MAX_RETRIES]
+    return WorkerCrashedError(
+        f"the worker running task '{t.spec[S.NAME]}' {how} while running it"
+        f"{f', and all {retries} retries failed the same way' if retries else ''}. "
+        f"A crash like this comes from the task itself (os._exit, a segfault in native "
+        f"code, running out of memory): check the task, or raise max_retries.")
+
+
 class TaskManager(Pipelining):
     def __init__(self, st):
         self.st = st
@@ -641,7 +652,6 @@ class TaskManager(Pipelining):
         self._requeue(w)
         t = w.task
         self._release_worker(w, t)
-        name = t.spec[S.NAME]
         target = self.killed_for.pop(w.wid, None) if self.killed_for else None
         if t.cancelled:
             self.cancels.pop(t.tid, None)
@@ -654,16 +664,16 @@ class TaskManager(Pipelining):
             self.st.ready.push_front(t.shape, t)
             return
         if t.retries_left > 0:
-            t.retries_left -= 1
-            t.state = "ready"
-            self.st.ready.push_front(t.shape, t)
+            self.again(t)
             return
-        retries = t.spec[S.MAX_RETRIES]
-        self.fail(t, WorkerCrashedError(
-            f"the worker running task '{name}' (pid={w.pid}) {w.exit_desc} while running it"
-            f"{f', and all {retries} retries failed the same way' if retries else ''}. "
-            f"A crash like this comes from the task itself (os._exit, a segfault in native "
-            f"code, running out of memory): check the task, or raise max_retries."))
+        self.fail(t, crash_error(t, f"(pid={w.pid}) {w.exit_desc}"))
+
+    def again(self, t: Task) -> None:
+        """Queue ``t`` to run again, spending one of its retries."""
+        t.retries_left -= 1
+        t.state = "ready"
+        self.st.ready.push_front(t.shape, t)
+        self.st.schedule_needed = True
 
     def worker_blocked(self, w) -> None:
         """A worker running a task waits in get/wait: lend its CPUs back so
