@@ -172,7 +172,7 @@ class DirectServer:
         node socket has something."""
         lock = self.lock
         with lock:
-            if self.queue:          # the io thread read calls meanwhile
+            if self.queue or self.worker.queue:     # read meanwhile by another thread
                 return False
             self.main_waits = True
         try:

@@ -125,6 +125,7 @@ def pack_args(client, args, kwargs, describe, bind=None):
     Returns (inline_payload | None, args_oid | None, deps, pins).
     """
     global _EMPTY_ARGS
+    client.check_serializers()      # (also for a call without args: its result uses them)
     if not args and not kwargs:
         if _EMPTY_ARGS is None:
             _EMPTY_ARGS = ser.dumps(([], {}, []))
@@ -144,7 +145,6 @@ def pack_args(client, args, kwargs, describe, bind=None):
                 deps.append(v._id)
                 positions.append(k)
                 kwargs[k] = None
-    client.check_serializers()
     try:
         sobj = ser.serialize((args_list, kwargs, positions), where=f"the arguments of {describe}")
     except SerializationError as exc:

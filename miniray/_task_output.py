@@ -138,6 +138,12 @@ class TaskOutput:
                 self._send_pending()
             self._open_job = None
 
+    def take_emitted(self) -> bool:
+        """Was text sent since the last call?  (Clears it.)"""
+        with self._lock:
+            emitted, self.emitted = self.emitted, False
+        return emitted
+
     def __getattr__(self, name):
         return getattr(self._stream, name)
 

@@ -474,9 +474,7 @@ class Worker:
         stdout, stderr = self.stdout, self.stderr
         stdout.task_ended()
         stderr.task_ended()
-        printed = stdout.emitted or stderr.emitted
-        if printed:
-            stdout.emitted = stderr.emitted = False
+        printed = stdout.take_emitted() | stderr.take_emitted()
         if self.direct_replies:
             conn = self.direct_replies.pop(tid, None)
             if conn is not None:

@@ -390,6 +390,10 @@ def test_a_serializer_registered_just_before_a_direct_call_applies_to_it(ray_sta
         return c    # (the worker serializes it back with the registry it has)
 
     @miniray.remote
+    def mint():
+        return Coin(100)    # no args: the call still carries the registry
+
+    @miniray.remote
     class Purse:
         def cents(self, c):
             return c
@@ -404,6 +408,7 @@ def test_a_serializer_registered_just_before_a_direct_call_applies_to_it(ray_sta
             break
     leased()
     miniray.get(cents.remote(Coin(0)))
+    miniray.get(mint.remote())
     node_pid = client().welcome["node_pid"]
     for bonus in range(1, 4):
         # With the node stopped, only the direct channels can carry it.
@@ -414,7 +419,9 @@ def test_a_serializer_registered_just_before_a_direct_call_applies_to_it(ray_sta
             # Each way through the rule: + bonus twice.
             assert miniray.get(cents.remote(Coin(100)), timeout=10).cents == 100 + 2 * bonus
             assert miniray.get(purse.cents.remote(Coin(100)), timeout=10).cents == 100 + 2 * bonus
+            assert miniray.get(mint.remote(), timeout=10).cents == 100 + bonus
             miniray.util.deregister_serializer(Coin)
+            assert miniray.get(mint.remote(), timeout=10).cents == 100
             assert miniray.get(cents.remote(Coin(100)), timeout=10).cents == 100
             assert miniray.get(purse.cents.remote(Coin(100)), timeout=10).cents == 100
         finally:
