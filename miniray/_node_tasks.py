@@ -40,7 +40,7 @@ class TaskExtra:
     spec, a queued task costs 11 slots instead of 19."""
 
     __slots__ = ("parent", "children", "gpu_ids", "origin", "lineage", "lent", "cancelled",
-                 "direct")
+                 "direct", "cancel_children")
 
     def __init__(self):
         self.parent = None      # the task whose worker submitted this one
@@ -51,6 +51,7 @@ class TaskExtra:
         self.lent = False       # its CPUs are lent (its worker waits in get)
         self.cancelled = False
         self.direct = None      # the worker a direct call went to, until its DIRECT_DONE
+        self.cancel_children = False    # cancelled recursively: so are tasks it submits later
 
 
 class Task:
@@ -84,6 +85,7 @@ class Task:
     lent = side_field(TaskExtra, "lent", False)
     cancelled = side_field(TaskExtra, "cancelled", False)
     direct = side_field(TaskExtra, "direct", None)
+    cancel_children = side_field(TaskExtra, "cancel_children", False)
 
     # Derived from the spec, not stored: a queued task costs 8 bytes per slot.
     @property
@@ -143,6 +145,10 @@ class TaskManager(Pipelining):
             spec = self._compact(spec)
         t = self.create(spec, client)
         self.start(t)
+        if t.x is not None and t.parent is not None and t.parent.cancel_children:
+            # Submitted by a task cancelled with its children while this
+            # SUBMIT was on its way: cancelled as they were.
+            self.cancel(t, False, True)
 
     def _compact(self, spec) -> tuple:
         """A long queue (a million tasks submitted in a loop) holds every
@@ -717,9 +723,11 @@ class TaskManager(Pipelining):
     def cancel(self, t: Task, force: bool, recursive: bool) -> None:
         """Dequeue, interrupt (CANCEL_TASK + poke) or, with ``force``, kill;
         with ``recursive`` (Ray's default) the tasks it submitted too."""
-        if recursive and t.children:
-            for child in list(t.children.values()):
-                self.cancel(child, force and child.actor is None, True)
+        if recursive:
+            t.cancel_children = True
+            if t.children:
+                for child in list(t.children.values()):
+                    self.cancel(child, force and child.actor is None, True)
         if t.cancelled:
             return
         st = self.st

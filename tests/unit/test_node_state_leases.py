@@ -258,3 +258,19 @@ def test_an_idle_lease_lent_while_its_worker_waits_counts_once():
     n.submit(n.wc(1), child)
     n.get(n.wc(1), 7, [ret(child)])             # lent: the CPU is free here
     assert n.st.available_now()["CPU"] == 1.0   # not 2: an idle lease's CPU counted once
+
+
+def test_a_task_submitted_after_its_parent_was_cancelled_recursively_is_cancelled():
+    # (Not about leases: a cancel that overtakes the parent's later submits.)
+    n = Node(num_cpus=2).pool()
+    d = n.driver()
+    parent = spec("parent")
+    n.submit(d, parent)
+    wid = n.st.tasks.tasks[parent[S.TASK_ID]].worker.wid
+    first, late = spec("first"), spec("late")
+    n.submit(n.wc(wid), first)
+    n.msgs(d, (M.CANCEL, ret(parent), False, True))
+    assert n.st.tasks.tasks[first[S.TASK_ID]].cancelled
+    n.submit(n.wc(wid), late)                   # was on its way when the cancel came
+    t = n.st.tasks.tasks.get(late[S.TASK_ID])
+    assert t is None or t.cancelled
