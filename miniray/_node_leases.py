@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from . import _protocol as P
 from . import _task_spec as S
-from ._scheduler import gpu_amount
+from ._scheduler import cpu_amount, gpu_amount
 from ._node_tasks import crash_error
 from .exceptions import TaskCancelledError
 
@@ -231,7 +231,7 @@ class LeaseManager:
     # -- CPU lending (its worker waits in get) ---------------------------------------------
     def blocked(self, w) -> None:
         lease = w.lease
-        cpu = _cpu(lease.shape)
+        cpu = cpu_amount(lease.shape)
         if cpu and not lease.lent:
             lease.lent = True
             self.st.resources.available["CPU"] += cpu
@@ -241,7 +241,7 @@ class LeaseManager:
         lease = w.lease
         if lease.lent:
             lease.lent = False
-            self.st.resources.available["CPU"] -= _cpu(lease.shape)
+            self.st.resources.available["CPU"] -= cpu_amount(lease.shape)
 
     # -- the end of a lease ---------------------------------------------------------------
     def on_return(self, client, msg) -> None:
@@ -280,7 +280,7 @@ class LeaseManager:
         res = self.st.resources
         if lease.lent:
             lease.lent = False
-            res.available["CPU"] -= _cpu(lease.shape)
+            res.available["CPU"] -= cpu_amount(lease.shape)
         res.release(lease.shape)
 
     def _unlink(self, lease) -> None:
@@ -329,10 +329,3 @@ class LeaseManager:
         for lid in [lid for lid, lease in self.leases.items() if lease.client is client and
                     lease.state == "dead"]:
             del self.leases[lid]
-
-
-def _cpu(shape) -> float:
-    for k, v in shape:
-        if k == "CPU":
-            return v
-    return 0.0

@@ -20,7 +20,7 @@ from . import _task_spec as S
 from ._node_lineage import LineageManager
 from ._node_pipeline import Pipelining
 from ._object_table import READY, side_field
-from ._scheduler import format_resources, gpu_amount
+from ._scheduler import cpu_amount, format_resources, gpu_amount
 from ._task_kind import TaskKind, kind_of
 from .exceptions import (ActorDiedError, NodeDiedError, ObjectLostError, TaskCancelledError,
                          WorkerCrashedError)
@@ -94,10 +94,7 @@ class Task:
 
     @property
     def cpu(self) -> float:
-        for k, v in self.shape:
-            if k == "CPU":
-                return v
-        return 0.0
+        return cpu_amount(self.shape)
 
     @property
     def returns(self) -> list:

@@ -44,6 +44,13 @@ def gpu_amount(shape: tuple) -> float:
     return 0.0
 
 
+def cpu_amount(shape: tuple) -> float:
+    for k, v in shape:
+        if k == "CPU":
+            return v
+    return 0.0
+
+
 class ResourcePool:
     def __init__(self, total: dict):
         self.total = {k: float(v) for k, v in total.items()}

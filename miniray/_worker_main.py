@@ -282,7 +282,9 @@ class Worker:
             self.assign_gpus(None)
             self.execute(spec, (), spec[S.ARGS])
         else:       # an actor call sent to a worker that no longer is that actor's
-            self.fail_call(spec, RuntimeError("this worker runs no actor"))
+            self.fail_call(spec, RuntimeError(
+                "this actor call reached a worker that no longer runs its actor (the actor "
+                "was replaced); call the method again on the actor handle"))
 
     def learn_function(self, spec, blob) -> None:
         """(the direct server's reads) A leased worker's first call of a
